@@ -1,0 +1,8 @@
+//! One module per subcommand: each has an `Args` (clap) and a `run` returning the exit code.
+
+pub mod check;
+pub mod keygen;
+pub mod send;
+pub mod serve;
+pub mod sign;
+pub mod verify;
