@@ -403,7 +403,7 @@ fn whatwg(url: &Url<'_>, port: Option<&str>) -> String {
             match b {
                 b'\\' => s.push('/'),
                 b' ' | b'"' | b'<' | b'>' | b'`' | b'{' | b'}' => pct(&mut s, b),
-                b if b < 0x20 || b > 0x7e => pct(&mut s, b),
+                b if !(0x20..=0x7e).contains(&b) => pct(&mut s, b),
                 b => s.push(char::from(b)),
             }
         }
@@ -415,7 +415,7 @@ fn whatwg(url: &Url<'_>, port: Option<&str>) -> String {
             for &b in q.as_bytes() {
                 match b {
                     b' ' | b'"' | b'<' | b'>' | b'\'' => pct(&mut s, b),
-                    b if b < 0x20 || b > 0x7e => pct(&mut s, b),
+                    b if !(0x20..=0x7e).contains(&b) => pct(&mut s, b),
                     b => s.push(char::from(b)),
                 }
             }
