@@ -54,7 +54,8 @@ impl Verified {
         self.signed_at
     }
 
-    /// The provider's event or idempotency id, where it sends one.
+    /// The provider's event or idempotency id, where the signature covers it (an unsigned id, such
+    /// as Twilio's idempotency header, is not reported: it could be rewritten to dodge deduplication).
     pub fn event_id_str(&self) -> Option<&str> {
         self.event_id.as_deref()
     }
