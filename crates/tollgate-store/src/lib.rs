@@ -1,0 +1,80 @@
+//! Replay and idempotency state shared by the gateway's requests (and, with the Redis backend, by
+//! several gateway instances). One trait, [`ReplayStore`]; backends: [`memory`] (tests, single
+//! process, lost on restart) and `sqlite` (the embedded default). Every backend passes the same
+//! conformance suite.
+//!
+//! A claim is the atomic "first one wins" on an event key. The first delivery gets
+//! [`Claim::Claimed`] and, after forwarding, records the app's answer with [`ReplayStore::complete`];
+//! a redelivery meanwhile sees [`Claim::InFlight`], afterwards [`Claim::Done`] with the stored answer,
+//! so a provider retry gets the same TwiML. If forwarding fails, [`ReplayStore::release`] lets the
+//! provider's retry through. An in-flight claim expires after its lease so a crash cannot block an
+//! event forever.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+pub mod memory;
+
+/// The app's answer to the first delivery, replayed to duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers (end-to-end only).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Response body.
+    pub body: Vec<u8>,
+}
+
+/// Result of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller is the first: forward, then `complete` or `release`.
+    Claimed,
+    /// Another delivery of the same event is being forwarded now.
+    InFlight,
+    /// Already delivered; here is what the app answered.
+    Done(StoredResponse),
+}
+
+/// The store cannot be used; the gateway fails closed (503) unless a route says otherwise.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend is unreachable or refused the operation (I/O error, disk full, read-only,
+    /// connection lost). Retrying later may succeed.
+    #[error("state store unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend answered something this version cannot read (corrupt row, schema mismatch).
+    #[error("state store data is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Replay/idempotency claims.
+#[async_trait::async_trait]
+pub trait ReplayStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Atomically claims `key`. A new claim is in flight for `lease` (then it expires, so a crash
+    /// mid-forward does not block the event forever).
+    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, StoreError>;
+
+    /// Records the answer of a claimed key and keeps it for `ttl` (the route's `dedupe_ttl_secs`).
+    async fn complete(
+        &self,
+        key: &str,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Drops a claim whose forwarding failed, so the provider's retry is forwarded.
+    async fn release(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Cheap health check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
