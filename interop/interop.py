@@ -1094,6 +1094,7 @@ def _sdk_to_tg_case(s: Scheme, seed: int, i: int):
         ST.ok(s.name, d, "accept")
     else:
         ST.fail(s.name, d, "accept", {"case": i, "expected": "exit 0", "exit": code, "out": out, "req": r.repro(),
+                                      "cmd": " ".join(args[1:-1]) + " FILE",
                                       "secret": s.verify_secret(secret), "sets": s.sets})
     for t, r2 in tampered:
         code, out, args = tg_verify(s, r2, secret)
