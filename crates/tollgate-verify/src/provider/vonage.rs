@@ -640,7 +640,7 @@ fn with_timestamp<'a>(mut pairs: Vec<Pair<'a>>, ts: &str) -> Vec<Pair<'a>> {
 /// A form-encoded parameter list with `timestamp` and `sig` appended, in the received order.
 fn signed_form(key: &SmsKey, raw: &[u8], ts: &str) -> String {
     let sig = sms_digest(key, &with_timestamp(form::parse(raw), ts));
-    let mut out: Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> = form::parse(raw)
+    let mut out: Vec<Pair<'_>> = form::parse(raw)
         .into_iter()
         .filter(|(k, _)| &**k != SIG.as_bytes() && &**k != TIMESTAMP.as_bytes())
         .collect();
