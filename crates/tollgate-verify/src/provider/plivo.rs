@@ -815,6 +815,28 @@ mod tests {
     }
 
     #[test]
+    fn diagnosis_finds_a_hidden_https_scheme() {
+        let input = sample(&Options::new(), "https://hooks.example.com/plivo/answer");
+        let s = sign(&Options::new(), &Secret::new(TOKEN), &input).unwrap();
+        let h = s.header_map();
+        let seen = "http://hooks.example.com/plivo/answer";
+        let req = Request {
+            method: "POST",
+            url: seen,
+            headers: &h,
+            body: &s.body,
+        };
+        let v = v3();
+        assert_eq!(v.verify(&req, 0), Err(Reject::SignatureMismatch));
+        let d = crate::diagnose::explain(&*v, &req, 0, &Default::default()).unwrap();
+        assert_eq!(d.code, "scheme");
+        assert_eq!(
+            d.signed_url.as_deref(),
+            Some("https://hooks.example.com/plivo/answer")
+        );
+    }
+
+    #[test]
     fn unknown_options_are_refused() {
         let o: Options = serde_json::from_str(r#"{"version":"v1"}"#).unwrap();
         assert!(matches!(
