@@ -5,7 +5,7 @@
 //! [`conformance_suite!`](crate::conformance_suite) once; each case becomes its own `#[tokio::test]`
 //! so a failure names the case and the backend:
 //!
-//! ```ignore
+//! ```text
 //! async fn memory(clock: Arc<ManualClock>) -> Subject {
 //!     Subject::new(MemoryStore::with_clock(clock))
 //! }

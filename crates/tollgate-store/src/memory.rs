@@ -135,6 +135,7 @@ impl ReplayStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::clock::ManualClock;
 

@@ -197,6 +197,11 @@ impl SqliteStore {
         })
     }
 
+    /// Whether no row is held.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.len().await.map(|n| n == 0)
+    }
+
     /// Caps the database at `pages` pages (`PRAGMA max_page_count`; a page is 4 KiB by default),
     /// so a flood of unique keys fills the cap rather than the disk. Once full, claims fail with
     /// [`StoreError::Unavailable`] until rows expire and are purged or the cap is raised. Returns

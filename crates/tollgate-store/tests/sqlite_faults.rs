@@ -297,3 +297,26 @@ async fn purge_handles_more_rows_than_one_chunk() {
     assert_eq!(store.purge_expired().await.unwrap(), 5_000);
     assert_eq!(store.len().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn writer_thread_purges_periodically() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let mut options = SqliteOptions::new(Durability::Batch).with_clock(clock.clone());
+    options.purge_interval = Duration::from_millis(1);
+    let store = SqliteStore::open_with(dir.path().join("state.db"), options).unwrap();
+    store.claim("old", Duration::from_secs(1)).await.unwrap();
+    store.claim("live", Duration::from_secs(60)).await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    // The purge runs on the writer's own timer; wait for it by polling, bounded, not by timing.
+    let mut len = store.len().await.unwrap();
+    for _ in 0..1_000 {
+        if len == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        len = store.len().await.unwrap();
+    }
+    assert_eq!(len, 1, "the periodic purge never removed the expired row");
+    assert_eq!(store.claim("live", LEASE).await.unwrap(), Claim::InFlight);
+}
