@@ -113,6 +113,16 @@ pub enum SqliteError {
     WriterStopped,
 }
 
+/// The number a counting operation answered; any other answer is a bug in the writer.
+fn count(reply: Reply) -> Result<u64, StoreError> {
+    match reply {
+        Reply::Count(n) => Ok(n),
+        other => Err(StoreError::Corrupt(format!(
+            "writer answered a count with {other:?}"
+        ))),
+    }
+}
+
 fn query_error(operation: &'static str, source: rusqlite::Error) -> StoreError {
     if is_corruption(&source) {
         StoreError::Corrupt(format!("SQLite {operation} failed: {source}"))
@@ -183,18 +193,12 @@ impl SqliteStore {
     /// Deletes every expired row now (the writer thread also does this periodically); returns how
     /// many rows were deleted.
     pub async fn purge_expired(&self) -> Result<u64, StoreError> {
-        self.call(Op::Purge).await.map(|r| match r {
-            Reply::Count(n) => n,
-            _ => 0,
-        })
+        self.call(Op::Purge).await.and_then(count)
     }
 
     /// Number of rows held, live or expired-but-not-yet-purged.
     pub async fn len(&self) -> Result<u64, StoreError> {
-        self.call(Op::Count).await.map(|r| match r {
-            Reply::Count(n) => n,
-            _ => 0,
-        })
+        self.call(Op::Count).await.and_then(count)
     }
 
     /// Whether no row is held.
@@ -207,10 +211,7 @@ impl SqliteStore {
     /// [`StoreError::Unavailable`] until rows expire and are purged or the cap is raised. Returns
     /// the cap in force, which SQLite never sets below the current size.
     pub async fn set_max_page_count(&self, pages: u64) -> Result<u64, StoreError> {
-        self.call(Op::MaxPageCount(pages)).await.map(|r| match r {
-            Reply::Count(n) => n,
-            _ => 0,
-        })
+        self.call(Op::MaxPageCount(pages)).await.and_then(count)
     }
 
     /// Finishes the queued operations, closes the database (checkpointing the WAL) and waits for
