@@ -1,7 +1,10 @@
 //! Replay and idempotency state shared by the gateway's requests (and, with the Redis backend, by
 //! several gateway instances). One trait, [`ReplayStore`]; backends: [`memory`] (tests, single
-//! process, lost on restart) and `sqlite` (the embedded default). Every backend passes the same
-//! conformance suite.
+//! process, lost on restart) and [`sqlite`] (the embedded default). Every backend passes the same
+//! conformance suite (`conformance`, behind the `conformance` feature).
+//!
+//! Expiry is decided against stored unix-millisecond deadlines read from an injected
+//! [`clock::Clock`], so tests move time instead of sleeping.
 //!
 //! A claim is the atomic "first one wins" on an event key. The first delivery gets
 //! [`Claim::Claimed`] and, after forwarding, records the app's answer with [`ReplayStore::complete`];
@@ -13,7 +16,15 @@
 
 use std::time::Duration;
 
+pub mod clock;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod memory;
+pub mod sqlite;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use memory::MemoryStore;
+pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// The app's answer to the first delivery, replayed to duplicates.
 #[derive(Debug, Clone, PartialEq, Eq)]
