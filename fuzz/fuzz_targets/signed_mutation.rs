@@ -82,7 +82,8 @@ fuzz_target!(|input: Input| {
     let mut headers = r.signed.headers.clone();
     let is_form = headers.iter().any(|(k, v)| {
         k.eq_ignore_ascii_case("content-type")
-            && v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded")
+            && v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
     });
 
     match input.mutation {

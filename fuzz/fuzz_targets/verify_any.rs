@@ -30,7 +30,9 @@ fuzz_target!(|input: Input| {
     for (pick, name, value) in &input.headers {
         // Even picks reuse a header name the provider's signer emits.
         let name = if pick % 2 == 0 && !r.signed.headers.is_empty() {
-            r.signed.headers[usize::from(*pick / 2) % r.signed.headers.len()].0.clone()
+            r.signed.headers[usize::from(*pick / 2) % r.signed.headers.len()]
+                .0
+                .clone()
         } else {
             name.clone()
         };
@@ -48,7 +50,9 @@ fuzz_target!(|input: Input| {
         body: &input.body,
     };
     let now = NOW + i64::from(input.now_offset);
-    let hints = Hints { alt_hosts: &["example.com", "other.example:8443"] };
+    let hints = Hints {
+        alt_hosts: &["example.com", "other.example:8443"],
+    };
     if let Ok(v) = verify_explained(r.verifier.as_ref(), &req, now, &hints) {
         panic!("{} verified an arbitrary request: {v:?}", r.spec.id);
     }

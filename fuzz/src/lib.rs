@@ -5,7 +5,9 @@
 
 use std::sync::OnceLock;
 
-use tollgate_verify::{KeyRing, Options, ProviderSpec, Secret, Settings, Signed, Verifier, PROVIDERS};
+use tollgate_verify::{
+    KeyRing, Options, ProviderSpec, Secret, Settings, Signed, Verifier, PROVIDERS,
+};
 
 /// Fixed time the samples are signed at and verified at.
 pub const NOW: i64 = 1_700_000_000;
@@ -43,12 +45,33 @@ pub fn ready() -> &'static [Ready] {
                 input.nonce = "fuzz-nonce-0001".into();
                 let signed = (spec.sign)(&opts, &secret, &input).ok()?;
                 let vk = (spec.verify_key_for)(&opts, &secret).ok()?;
-                let verifier = (spec.build)(&opts, &KeyRing::single(vk), &Settings::default()).ok()?;
-                Some(Ready { spec, verifier, signed })
+                let verifier =
+                    (spec.build)(&opts, &KeyRing::single(vk), &Settings::default()).ok()?;
+                Some(Ready {
+                    spec,
+                    verifier,
+                    signed,
+                })
             });
+            // A sample that does not verify untouched would make every mutation check vacuous.
+            if let Some(r) = &found {
+                let headers = r.signed.header_map();
+                let req = tollgate_verify::Request {
+                    method: &r.signed.method,
+                    url: &r.signed.url,
+                    headers: &headers,
+                    body: &r.signed.body,
+                };
+                if let Err(e) = r.verifier.verify(&req, NOW) {
+                    panic!("{}: the signed sample does not verify: {e}", spec.id);
+                }
+            }
             match found {
                 Some(r) => out.push(r),
-                None => eprintln!("tollgate-fuzz: skipping provider {} (cannot sign/build with test keys)", spec.id),
+                None => eprintln!(
+                    "tollgate-fuzz: skipping provider {} (cannot sign/build with test keys)",
+                    spec.id
+                ),
             }
         }
         out
