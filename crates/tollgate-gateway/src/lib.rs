@@ -90,6 +90,6 @@ impl Gateway {
 fn sorted(mut config: Config) -> Config {
     config
         .routes
-        .sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        .sort_by_key(|r| std::cmp::Reverse(r.path.len()));
     config
 }
