@@ -32,6 +32,9 @@ enum Command {
     Keygen(cmd::keygen::Args),
     /// Lint a config file: weak or inline secrets, weak algorithms, old keys, TLS settings.
     Check(cmd::check::Args),
+    /// A tiny app that prints what tollgate forwards and checks tollgate's signature (quick start).
+    #[command(hide = true)]
+    DemoUpstream(cmd::demo::Args),
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Send(a) => cmd::send::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Check(a) => cmd::check::run(a),
+        Command::DemoUpstream(a) => cmd::demo::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

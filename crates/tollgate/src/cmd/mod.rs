@@ -1,6 +1,7 @@
 //! One module per subcommand: each has an `Args` (clap) and a `run` returning the exit code.
 
 pub mod check;
+pub mod demo;
 pub mod keygen;
 pub mod send;
 pub mod serve;

@@ -1,0 +1,320 @@
+//! Loading: the shipped examples parse, and each kind of mistake is reported with its path.
+
+use std::collections::HashMap;
+
+use super::*;
+
+const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const APP: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn demo_env() -> HashMap<String, String> {
+    env(&[
+        ("TOLLGATE_DEMO_SECRET", KEY),
+        ("TOLLGATE_DEMO_APP_SECRET", APP),
+        ("TWILIO_AUTH_TOKEN", KEY),
+        ("SW_SECRET", KEY),
+        ("APP_SECRET", APP),
+    ])
+}
+
+fn route_toml(extra: &str) -> String {
+    format!(
+        r#"
+[state]
+backend = "memory"
+
+[[route]]
+name = "r"
+path = "/hooks"
+provider = "standard-webhooks"
+keys = [ {{ label = "a", secret = "env:SW_SECRET" }} ]
+upstream = "http://127.0.0.1:3000/"
+{extra}
+"#
+    )
+}
+
+fn load(text: &str, e: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+    Config::from_toml(text, "t.toml", e)
+}
+
+fn errors(text: &str, e: &HashMap<String, String>) -> Vec<ConfigError> {
+    load(text, e).expect_err("config should be refused").0
+}
+
+#[test]
+fn example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tollgate.toml");
+    let cfg = Config::load(&path, &demo_env()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.routes.len(), 1);
+    assert_eq!(cfg.routes[0].spec.id, "standard-webhooks");
+    assert_eq!(cfg.state, StateBackend::Memory);
+    assert!(cfg.routes[0].app_secret.is_some());
+}
+
+/// Every ```toml block in docs/config.md is a complete config that loads (with the docs' env
+/// variables set), except blocks marked ```toml,ignore (fragments).
+#[test]
+fn every_toml_block_in_docs_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
+    let text = std::fs::read_to_string(path).expect("docs/config.md");
+    let mut blocks = 0;
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() != "```toml" {
+            continue;
+        }
+        let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        let block = block.join("\n");
+        Config::from_toml(&block, "docs/config.md", &demo_env())
+            .unwrap_or_else(|e| panic!("docs block failed:\n{block}\n{e}"));
+        blocks += 1;
+    }
+    assert!(
+        blocks >= 2,
+        "expected docs/config.md to hold complete examples, found {blocks}"
+    );
+}
+
+#[test]
+fn defaults_apply() {
+    let cfg = load(&route_toml(""), &demo_env()).unwrap();
+    let r = &cfg.routes[0];
+    assert_eq!(r.settings.tolerance_secs, 300);
+    assert_eq!(r.dedupe_ttl_secs, 86_400);
+    assert_eq!(r.upstream_timeout_ms, 10_000);
+    assert_eq!(cfg.server.max_body_bytes, 1_048_576);
+    assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
+}
+
+#[test]
+fn missing_env_secret_is_reported_with_path_and_line() {
+    let e = errors(&route_toml(""), &env(&[]));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].path, "route[0].keys[0].secret");
+    assert_eq!(e[0].message, "env var SW_SECRET is not set");
+    assert_eq!(e[0].line, Some(5), "line of the [[route]] table");
+    assert_eq!(
+        e[0].to_string(),
+        "t.toml:5: route[0].keys[0].secret: env var SW_SECRET is not set"
+    );
+}
+
+#[test]
+fn all_errors_are_collected() {
+    let text = r#"
+[server]
+listen = "nope"
+trusted_proxies = ["10.0.0.0/33"]
+
+[[route]]
+name = "a"
+path = "x"
+keys = []
+upstream = "ftp://x"
+
+[[route]]
+name = "b"
+path = "/b"
+provider = "no-such"
+keys = [ { secret = "env:MISSING" } ]
+upstream = "http://u/"
+mode = "queue"
+"#;
+    let paths: Vec<String> = errors(text, &env(&[]))
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    for want in [
+        "server.listen",
+        "server.trusted_proxies[0]",
+        "route[0].path",
+        "route[0].provider",
+        "route[0].keys",
+        "route[0].upstream",
+        "route[1].provider",
+        "route[1].keys[0].secret",
+        "route[1].mode",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == want),
+            "missing {want} in {paths:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused_everywhere() {
+    let e = errors("[server]\nlisten_addr = \"x\"\n", &demo_env());
+    assert!(e[0].message.contains("listen_addr"), "{e:?}");
+    assert_eq!(e[0].line, Some(2));
+    let e = errors(
+        &route_toml("").replace("label = \"a\"", "lable = \"a\""),
+        &demo_env(),
+    );
+    assert!(e[0].message.contains("lable"), "{e:?}");
+    // Unknown route keys are the provider's options: standard-webhooks has none.
+    let e = errors(&route_toml("tolerence_secs = 5"), &demo_env());
+    assert_eq!(e[0].path, "route[0] (standard-webhooks)");
+    assert!(e[0].message.contains("tolerence_secs"), "{e:?}");
+}
+
+#[test]
+fn inline_secrets_need_opt_in_and_never_appear_in_errors() {
+    let text = route_toml("").replace("env:SW_SECRET", KEY);
+    let e = errors(&text, &demo_env());
+    assert_eq!(e[0].path, "route[0].keys[0].secret");
+    assert!(!e[0].to_string().contains(KEY));
+    let cfg = load(&format!("allow_inline_secrets = true\n{text}"), &demo_env()).unwrap();
+    let lints = lints(&cfg, 0);
+    assert!(
+        lints.iter().any(|l| l.path == "route[0].keys[0].secret"),
+        "{lints:?}"
+    );
+}
+
+#[test]
+fn a_bad_key_is_refused_without_echoing_it() {
+    let e = errors(
+        &route_toml(""),
+        &env(&[("SW_SECRET", "whsec_%%%%not-base64%%%%")]),
+    );
+    assert_eq!(e[0].path, "route[0] (standard-webhooks)");
+    assert!(!e[0].to_string().contains("not-base64"), "{e:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn secret_files_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("key");
+    std::fs::write(&f, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = route_toml("").replace("env:SW_SECRET", &format!("file:{}", f.display()));
+    let e = errors(&text, &env(&[]));
+    assert!(
+        e[0].message.contains("readable by group or others"),
+        "{e:?}"
+    );
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = load(&text, &env(&[])).unwrap();
+    // The trailing newline is not part of the key.
+    assert_eq!(cfg.routes[0].keys.keys()[0].secret.expose(), KEY.as_bytes());
+}
+
+#[test]
+fn env_overrides_the_file() {
+    let mut e = demo_env();
+    e.insert("TOLLGATE_LISTEN".into(), "127.0.0.1:1234".into());
+    e.insert("TOLLGATE_ADMIN_LISTEN".into(), "127.0.0.1:1235".into());
+    e.insert(
+        "TOLLGATE_PUBLIC_URL".into(),
+        "https://hooks.example.com/".into(),
+    );
+    e.insert("TOLLGATE_LOG_FORMAT".into(), "json".into());
+    let cfg = load(
+        &format!("[server]\nlisten = \"0.0.0.0:1\"\n{}", route_toml("")),
+        &e,
+    )
+    .unwrap();
+    assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:1234");
+    assert_eq!(cfg.server.admin_listen.to_string(), "127.0.0.1:1235");
+    assert_eq!(
+        cfg.server.public_url.as_deref(),
+        Some("https://hooks.example.com")
+    );
+    assert_eq!(cfg.server.log_format, LogFormat::Json);
+}
+
+#[test]
+fn key_times_parse_as_strings_and_toml_datetimes() {
+    let text = route_toml("").replace(
+        "{ label = \"a\", secret = \"env:SW_SECRET\" }",
+        "{ label = \"a\", secret = \"env:SW_SECRET\", not_after = \"2026-12-31T00:00:00Z\", created = 2026-01-01 }, \
+         { label = \"b\", secret = \"env:SW_SECRET\", not_after = 2027-01-01T00:00:00Z }",
+    );
+    let cfg = load(&text, &demo_env()).unwrap_or_else(|e| panic!("{e}"));
+    let keys = cfg.routes[0].keys.keys();
+    assert_eq!(keys[0].not_after, Some(1_798_675_200));
+    assert_eq!(keys[1].not_after, Some(1_798_761_600));
+    assert_eq!(cfg.routes[0].key_info[0].created, Some(1_767_225_600));
+    let old = lints(&cfg, 1_767_225_600 + 91 * 86_400);
+    assert!(
+        old.iter().any(|l| l.path == "route[0].keys[0].created"),
+        "{old:?}"
+    );
+    let bad = errors(
+        &route_toml("").replace(
+            "secret = \"env:SW_SECRET\"",
+            "secret = \"env:SW_SECRET\", not_after = \"tomorrow\"",
+        ),
+        &demo_env(),
+    );
+    assert_eq!(bad[0].path, "route[0].keys[0].not_after");
+}
+
+#[test]
+fn lints_flag_open_proxies_missing_tls_and_labels() {
+    let text = format!(
+        "[server]\nlisten = \"0.0.0.0:8080\"\ntrusted_proxies = [\"0.0.0.0/0\", \"::/0\"]\n{}",
+        route_toml("").replace("label = \"a\", ", "")
+    );
+    let cfg = load(
+        &text,
+        &env(&[("SW_SECRET", "whsec_YWFhYWFhYWFhYWFhYWFhYQ==")]),
+    )
+    .unwrap();
+    let paths: Vec<String> = lints(&cfg, 0).into_iter().map(|l| l.path).collect();
+    for want in [
+        "tls",
+        "server.trusted_proxies[0]",
+        "server.trusted_proxies[1]",
+        "route[0].keys[0].label",
+        "route[0].keys[0].secret",
+        "route[0].app_secret",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == want),
+            "missing {want} in {paths:?}"
+        );
+    }
+}
+
+#[test]
+fn sqlite_is_the_default_backend() {
+    let cfg = load(
+        &route_toml("").replace("backend = \"memory\"", ""),
+        &demo_env(),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.state,
+        StateBackend::Sqlite {
+            path: "tollgate.db".into()
+        }
+    );
+}
+
+#[test]
+fn load_route_needs_only_that_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    let text = format!(
+        "{}\n[[route]]\nname = \"other\"\npath = \"/o\"\nprovider = \"standard-webhooks\"\nkeys = [ {{ secret = \"env:UNSET\" }} ]\nupstream = \"http://u/\"\n",
+        route_toml("")
+    );
+    std::fs::write(&f, text).unwrap();
+    let setup = load_route(&f, "r", &demo_env()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(setup.spec.id, "standard-webhooks");
+    assert_eq!(setup.keys.keys()[0].label.as_ref(), "a");
+    let e = load_route(&f, "nope", &demo_env()).unwrap_err();
+    assert!(e.to_string().contains("no route named"), "{e}");
+}

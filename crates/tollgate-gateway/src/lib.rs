@@ -1,0 +1,95 @@
+//! tollgate's gateway: a verifying reverse proxy. A request walks the stages of [`pipeline`] in
+//! order (route, client IP, allow list, body, public URL, verification, replay claim, forward);
+//! any stage may fail, and only [`rescue`] turns a failure into a status, a small JSON body, a
+//! metric and an audit line. [`server`] accepts connections (plain or TLS), [`admin`] serves
+//! `/metrics`, `/healthz` and `/readyz` on a separate listener, [`reload`] swaps routes and keys
+//! without dropping connections.
+//!
+//! What this crate does not do: verify signatures (that is `tollgate-verify`) or keep replay state
+//! (that is `tollgate-store`; the caller picks the backend).
+#![forbid(unsafe_code)]
+
+use std::sync::{Arc, RwLock};
+
+use tollgate_config::Config;
+use tollgate_store::ReplayStore;
+
+pub mod admin;
+pub mod error;
+pub mod metrics;
+pub mod pipeline;
+pub mod reload;
+pub mod rescue;
+pub mod server;
+pub mod stage;
+pub mod telemetry;
+pub mod tls;
+
+pub use error::GatewayError;
+
+/// What every request reads: the current route table (swapped on reload), the store, the
+/// upstream client and the limiters.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    table: RwLock<Arc<Config>>,
+    pub(crate) store: Arc<dyn ReplayStore>,
+    pub(crate) client: stage::forward::Client,
+    pub(crate) failures: stage::rate_limit::FailureLimiter,
+    pub(crate) diagnoses: stage::verify::DiagnosisBudget,
+}
+
+impl Shared {
+    /// The table in force when the request arrived; a reload does not change it mid-request.
+    pub(crate) fn table(&self) -> Arc<Config> {
+        match self.table.read() {
+            Ok(t) => t.clone(),
+            // A panic while swapping cannot leave a half-written Arc; keep serving.
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// A running gateway's shared state; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// A gateway for `config` with `store` for replay state.
+    pub fn new(config: Config, store: Arc<dyn ReplayStore>) -> Self {
+        let failures =
+            stage::rate_limit::FailureLimiter::new(config.server.failed_verify_per_minute);
+        Gateway {
+            shared: Arc::new(Shared {
+                table: RwLock::new(Arc::new(sorted(config))),
+                store,
+                client: stage::forward::client(),
+                failures,
+                diagnoses: stage::verify::DiagnosisBudget::new(),
+            }),
+        }
+    }
+
+    /// Swaps in a new config for the next requests; requests in flight finish on the old one.
+    pub fn reload(&self, config: Config) {
+        let new = Arc::new(sorted(config));
+        match self.shared.table.write() {
+            Ok(mut t) => *t = new,
+            Err(p) => *p.into_inner() = new,
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.table()
+    }
+}
+
+/// Routes longest path first, so the first segment-wise match is the longest.
+fn sorted(mut config: Config) -> Config {
+    config
+        .routes
+        .sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+    config
+}

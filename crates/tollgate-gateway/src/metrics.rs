@@ -1,0 +1,54 @@
+//! Metric names in one place (the docs list them), and the Prometheus recorder the admin listener
+//! renders. Without an installed recorder every metric call is a no-op, which is what tests want.
+
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests by `route` and `outcome` (`forwarded`, `replayed`, or the rejection code).
+pub const REQUESTS: &str = "tollgate_requests_total";
+/// Rejections by `route` and `reason`.
+pub const REJECTIONS: &str = "tollgate_rejections_total";
+/// Successful verifications by `route` and `key` label.
+pub const VERIFIED: &str = "tollgate_verified_total";
+/// Verification latency by `route`, seconds.
+pub const VERIFY_SECONDS: &str = "tollgate_verify_seconds";
+/// Upstream latency by `route`, seconds.
+pub const UPSTREAM_SECONDS: &str = "tollgate_upstream_seconds";
+/// Duplicates answered from the store by `route`.
+pub const DUPLICATES: &str = "tollgate_duplicates_total";
+/// Store failures by `op`.
+pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
+/// Local time minus signed time by `route`, seconds (last seen).
+pub const CLOCK_SKEW: &str = "tollgate_clock_skew_seconds";
+/// Config reloads by `result`.
+pub const RELOADS: &str = "tollgate_reloads_total";
+
+/// Installs the global Prometheus recorder and returns the handle `/metrics` renders.
+pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+            ],
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS, "Requests by route and outcome");
+    describe_counter!(REJECTIONS, "Rejected requests by route and reason");
+    describe_counter!(VERIFIED, "Verified requests by route and key label");
+    describe_histogram!(VERIFY_SECONDS, Unit::Seconds, "Signature verification time");
+    describe_histogram!(UPSTREAM_SECONDS, Unit::Seconds, "Upstream round trip time");
+    describe_counter!(DUPLICATES, "Duplicate deliveries answered from the store");
+    describe_counter!(STORE_ERRORS, "Replay store failures by operation");
+    describe_gauge!(
+        CLOCK_SKEW,
+        Unit::Seconds,
+        "Local time minus the provider's signed time"
+    );
+    describe_counter!(RELOADS, "Config reloads by result");
+}

@@ -1,0 +1,139 @@
+//! The request pipeline, top to bottom in request order. Each line says why the stage sits where
+//! it does; the integration test `stage_order_is_pinned` checks the order from outside.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tollgate_store::{Claim, StoredResponse};
+
+use crate::stage::{self, forward::Outgoing};
+use crate::{metrics as m, rescue, GatewayError, Shared};
+
+/// Response type of the public listener.
+pub type Response = http::Response<Full<Bytes>>;
+
+/// What the connection knows about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// Socket peer.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// What rescue needs to write the audit line.
+#[derive(Debug, Default)]
+pub(crate) struct Ctx {
+    pub(crate) route: Option<String>,
+    pub(crate) client_ip: Option<IpAddr>,
+}
+
+/// Handles one request; never fails (failures become answers in [`rescue`]).
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: http::Request<Incoming>,
+    conn: Conn,
+) -> Response {
+    let mut ctx = Ctx::default();
+    match run(&shared, req, conn, &mut ctx).await {
+        Ok((resp, outcome)) => {
+            metrics::counter!(m::REQUESTS, "route" => ctx.route.unwrap_or_default(), "outcome" => outcome).increment(1);
+            resp
+        }
+        Err(e) => rescue::rescue(e, &ctx),
+    }
+}
+
+async fn run(
+    shared: &Shared,
+    req: http::Request<Incoming>,
+    conn: Conn,
+    ctx: &mut Ctx,
+) -> Result<(Response, &'static str), GatewayError> {
+    let table = shared.table();
+    let server = &table.server;
+    let (parts, body) = req.into_parts();
+
+    // 1. Route first: an unknown path costs nothing and learns nothing (404, no body read).
+    let route = stage::route::select(&table, parts.uri.path())?;
+    ctx.route = Some(route.name.clone());
+
+    // 2. Client IP next: allow_ips, the failure budget and the audit line all need it.
+    let peer_trusted = stage::client_ip::is_trusted(conn.peer.ip(), &server.trusted_proxies);
+    let client_ip = stage::client_ip::resolve(conn.peer, &parts.headers, &server.trusted_proxies);
+    ctx.client_ip = Some(client_ip);
+    stage::allow_ips::check(route, client_ip)?;
+    // A client that spent its failure budget is refused before its body is read or verified.
+    shared.failures.check(client_ip)?;
+
+    // 3. Body, bounded in size and time, before verification: the signature covers these bytes.
+    let content_length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let body = stage::body::read(
+        body,
+        content_length,
+        server.max_body_bytes,
+        Duration::from_millis(server.body_timeout_ms),
+    )
+    .await?;
+
+    // 4. Public URL: URL-signing schemes sign what the provider called, not what we received.
+    let public =
+        stage::public_url::build(&parts, server.public_url.as_deref(), conn.tls, peer_trusted)?;
+
+    // 5. Verify: nothing below runs for an unauthenticated request.
+    let verified = match stage::verify::run(route, &parts, &public.url, &body, &shared.diagnoses) {
+        Ok(v) => v,
+        Err(e) => {
+            shared.failures.record_failure(client_ip)?;
+            return Err(e);
+        }
+    };
+
+    // 6. Replay claim after verification, so forgeries cannot fill the store or block real ids.
+    let key = stage::replay::key(route, &verified, parts.method.as_str(), &public.url, &body);
+    match stage::replay::claim(shared.store.as_ref(), route, &key).await? {
+        Claim::Claimed => {}
+        Claim::InFlight => return Err(GatewayError::InFlight),
+        Claim::Done(first) => return Ok((answer(&first, true), "replayed")),
+    }
+
+    // 7. Forward; the claim is completed with the app's answer or released for the retry.
+    let out = Outgoing {
+        parts: &parts,
+        body,
+        client_ip,
+        public: &public,
+        event_key: &key,
+    };
+    let result = stage::forward::send(&shared.client, route, &verified, out).await;
+    stage::replay::finish(shared.store.as_ref(), route, &key, result.as_ref().ok()).await;
+    let upstream = result?;
+    Ok((answer(&upstream, false), "forwarded"))
+}
+
+/// The upstream's answer, unchanged (a replay is marked so operators can tell).
+fn answer(r: &StoredResponse, replayed: bool) -> Response {
+    let mut resp = http::Response::new(Full::new(Bytes::copy_from_slice(&r.body)));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let headers = resp.headers_mut();
+    for (k, v) in &r.headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::try_from(k.as_str()),
+            http::HeaderValue::from_bytes(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    if replayed {
+        headers.insert("tollgate-replayed", http::HeaderValue::from_static("true"));
+    }
+    resp
+}

@@ -1,0 +1,74 @@
+//! Stage 6: replay and idempotency. The event key is the route name plus the provider's event id,
+//! or, for schemes without one, a SHA-256 of method, URL and body. The first delivery claims it;
+//! a duplicate gets the stored answer (or 409 while the first is in flight). A store failure fails
+//! closed (503): forwarding without the claim could deliver a replay.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tollgate_config::Route;
+use tollgate_store::{Claim, ReplayStore, StoredResponse};
+use tollgate_verify::Verified;
+
+use crate::metrics as m;
+use crate::GatewayError;
+
+/// Added to the upstream timeout for the in-flight lease, so the lease outlives the forward.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The event key.
+pub fn key(route: &Route, verified: &Verified, method: &str, url: &str, body: &[u8]) -> String {
+    match verified.event_id_str() {
+        Some(id) => format!("{}:id:{id}", route.name),
+        None => {
+            let mut h = Sha256::new();
+            h.update(method.as_bytes());
+            h.update(b"\n");
+            h.update(url.as_bytes());
+            h.update(b"\n");
+            h.update(body);
+            format!("{}:sha256:{}", route.name, hex::encode(h.finalize()))
+        }
+    }
+}
+
+/// Claims the key.
+pub async fn claim(
+    store: &dyn ReplayStore,
+    route: &Route,
+    key: &str,
+) -> Result<Claim, GatewayError> {
+    let lease = Duration::from_millis(route.upstream_timeout_ms) + LEASE_MARGIN;
+    let claim = store.claim(key, lease).await.map_err(|e| {
+        metrics::counter!(m::STORE_ERRORS, "op" => "claim").increment(1);
+        GatewayError::Store(e)
+    })?;
+    if !matches!(claim, Claim::Claimed) {
+        metrics::counter!(m::DUPLICATES, "route" => route.name.clone()).increment(1);
+    }
+    Ok(claim)
+}
+
+/// After forwarding: keep the app's answer (status < 500) for `dedupe_ttl_secs`, else release the
+/// claim so the provider's retry is forwarded. A failure here is logged, not answered: the app
+/// already has the request.
+pub async fn finish(
+    store: &dyn ReplayStore,
+    route: &Route,
+    key: &str,
+    answer: Option<&StoredResponse>,
+) {
+    let (op, result) = match answer {
+        Some(r) if r.status < 500 => (
+            "complete",
+            store
+                .complete(key, r, Duration::from_secs(route.dedupe_ttl_secs))
+                .await,
+        ),
+        _ => ("release", store.release(key).await),
+    };
+    if let Err(e) = result {
+        metrics::counter!(m::STORE_ERRORS, "op" => op).increment(1);
+        tracing::error!(route = %route.name, op, error = %e, "replay store failed after forwarding");
+    }
+}
