@@ -137,6 +137,17 @@ pub struct Tls {
     pub client_ca: Option<PathBuf>,
 }
 
+/// SQLite durability (`[state] fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fsync {
+    /// Every commit is on disk before it is answered (survives power loss); commits are grouped.
+    #[default]
+    Always,
+    /// WAL with `synchronous = NORMAL`: survives a process crash; the last moments may be lost
+    /// on power loss.
+    Batch,
+}
+
 /// Replay-store backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateBackend {
@@ -144,6 +155,8 @@ pub enum StateBackend {
     Sqlite {
         /// The database file.
         path: PathBuf,
+        /// When a commit reaches the disk.
+        fsync: Fsync,
     },
     /// In-process (lost on restart).
     Memory,
@@ -327,6 +340,18 @@ impl Config {
         let state = match raw.state.backend.as_deref().unwrap_or("sqlite") {
             "sqlite" => StateBackend::Sqlite {
                 path: PathBuf::from(raw.state.path.as_deref().unwrap_or(defaults::STATE_PATH)),
+                fsync: match raw.state.fsync.as_deref() {
+                    None | Some("always") => Fsync::Always,
+                    Some("batch") => Fsync::Batch,
+                    Some(other) => {
+                        errs.push(
+                            None,
+                            "state.fsync",
+                            format!("unknown value {other:?}; use \"always\" or \"batch\""),
+                        );
+                        Fsync::Always
+                    }
+                },
             },
             "memory" => StateBackend::Memory,
             "redis" => {

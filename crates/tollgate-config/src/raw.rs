@@ -75,6 +75,8 @@ pub struct RawState {
     pub backend: Option<String>,
     /// SQLite file.
     pub path: Option<String>,
+    /// `always` (fsync every commit; default) or `batch` (WAL with synchronous=NORMAL).
+    pub fsync: Option<String>,
 }
 
 /// One `[[route]]`.

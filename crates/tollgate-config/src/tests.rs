@@ -298,7 +298,8 @@ fn sqlite_is_the_default_backend() {
     assert_eq!(
         cfg.state,
         StateBackend::Sqlite {
-            path: "tollgate.db".into()
+            path: "tollgate.db".into(),
+            fsync: Fsync::Always,
         }
     );
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use tollgate_config::{Config, Env, ProcessEnv, StateBackend};
 use tollgate_gateway::{metrics, telemetry, tls, Gateway};
 use tollgate_store::ReplayStore;
@@ -38,11 +38,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn open_store(state: &StateBackend) -> anyhow::Result<Arc<dyn ReplayStore>> {
     match state {
         StateBackend::Memory => Ok(Arc::new(tollgate_store::memory::MemoryStore::new())),
-        // Wire `tollgate_store::sqlite::SqliteStore::open(path, durability)` here once it lands.
-        StateBackend::Sqlite { path } => bail!(
-            "[state] backend = \"sqlite\" ({}) is not available in this build yet; set backend = \"memory\" (replay state is then lost on restart)",
-            path.display()
-        ),
+        StateBackend::Sqlite { path, fsync } => {
+            let durability = match fsync {
+                tollgate_config::Fsync::Always => tollgate_store::Durability::Always,
+                tollgate_config::Fsync::Batch => tollgate_store::Durability::Batch,
+            };
+            let store = tollgate_store::SqliteStore::open(path, durability)
+                .with_context(|| format!("cannot open the state database {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

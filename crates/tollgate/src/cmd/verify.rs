@@ -30,8 +30,7 @@ pub struct Args {
     /// booleans), else as a string. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with_all = ["config", "route"])]
     set: Vec<String>,
-    /// Take the provider, keys and options from a route of this config file (not available in
-    /// this build yet).
+    /// Take the provider, keys and options from a route of this config file (the gateway's).
     #[arg(long, value_name = "FILE", requires = "route")]
     config: Option<PathBuf>,
     /// The route of `--config` to use.
@@ -60,29 +59,42 @@ const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.config.is_some() {
-        anyhow::bail!(
-            "--config/--route are not available in this build yet; use --provider and --secret-env"
-        );
-    }
-    let provider = args
-        .provider
-        .as_deref()
-        .context("--provider or --config is required")?;
-    let spec = find_provider(provider)?;
-    let opts = parse_sets(&args.set)?;
-    let ring = KeyRing::new(
-        args.secret_env
-            .iter()
-            .map(|var| Ok(Key::new(var.as_str(), secret_from_env(var)?)))
-            .collect::<anyhow::Result<_>>()?,
-    )?;
-    let settings = match args.tolerance_secs {
-        Some(tolerance_secs) => Settings { tolerance_secs },
-        None => Settings::default(),
+    let (spec, verifier) = match (&args.config, &args.route) {
+        (Some(path), Some(route)) => {
+            let setup = tollgate_config::load_route(path, route, &tollgate_config::ProcessEnv)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let settings = match args.tolerance_secs {
+                Some(tolerance_secs) => Settings { tolerance_secs },
+                None => setup.settings,
+            };
+            let verifier = (setup.spec.build)(&setup.options, &setup.keys, &settings)
+                .map_err(|e| anyhow::anyhow!("route {route:?}: {e}"))?;
+            (setup.spec, verifier)
+        }
+        (Some(_), None) => anyhow::bail!("--config needs --route NAME"),
+        _ => {
+            let provider = args
+                .provider
+                .as_deref()
+                .context("--provider or --config is required")?;
+            let spec = find_provider(provider)?;
+            let opts = parse_sets(&args.set)?;
+            let ring = KeyRing::new(
+                args.secret_env
+                    .iter()
+                    .map(|var| Ok(Key::new(var.as_str(), secret_from_env(var)?)))
+                    .collect::<anyhow::Result<_>>()?,
+            )?;
+            let settings = match args.tolerance_secs {
+                Some(tolerance_secs) => Settings { tolerance_secs },
+                None => Settings::default(),
+            };
+            let verifier = (spec.build)(&opts, &ring, &settings).map_err(|e| {
+                anyhow::anyhow!("cannot use these keys/options for {}: {e}", spec.id)
+            })?;
+            (spec, verifier)
+        }
     };
-    let verifier = (spec.build)(&opts, &ring, &settings)
-        .map_err(|e| anyhow::anyhow!("cannot use these keys/options for {}: {e}", spec.id))?;
     let now = now_or_clock(args.now)?;
 
     let input = read_input(args.input.as_deref())?;
