@@ -55,7 +55,13 @@ fn example_config_loads() {
     let cfg = Config::load(&path, &demo_env()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.routes.len(), 1);
     assert_eq!(cfg.routes[0].spec.id, "standard-webhooks");
-    assert_eq!(cfg.state, StateBackend::Memory);
+    assert_eq!(
+        cfg.state,
+        StateBackend::Sqlite {
+            path: "tollgate-demo.db".into(),
+            fsync: Fsync::Always,
+        }
+    );
     assert!(cfg.routes[0].app_secret.is_some());
 }
 
