@@ -346,6 +346,10 @@ class Scheme:
     provider = ""
     sets: list = []
     tampers: list = []
+    # Whether the SDK's verifier enforces a freshness window. Where it does not (Vonage sms `sig`,
+    # both Sinch SDKs), a request signed an hour ago still passes the SDK, so `tollgate sign --tamper
+    # timestamp` is checked as "the SDK accepts the signature, tollgate refuses it as stale".
+    sdk_checks_freshness = True
 
     def secret(self, rng) -> str:
         return base64.b64encode(rng.randbytes(24)).decode()
@@ -741,6 +745,8 @@ def _flip_jwt_sig(auth):
 
 
 class VonageSms(Scheme):
+    sdk_checks_freshness = False
+
     provider = "vonage"
 
     def __init__(self, method):
@@ -813,6 +819,8 @@ class VonageSms(Scheme):
 
 
 class SinchVoice(Scheme):
+    sdk_checks_freshness = False
+
     provider = "sinch"
     name = "sinch/voice"
     APP_KEY = "5a3b1c2d-0000-4000-8000-00000000abcd"
@@ -855,6 +863,8 @@ def _iso_bump(ts):
 
 
 class SinchConversation(Scheme):
+    sdk_checks_freshness = False
+
     provider = "sinch"
     name = "sinch/conversation"
     sets = ["scheme=conversation"]
@@ -1130,6 +1140,15 @@ def tg_to_sdk_case(s: Scheme, seed: int, i: int):
         except Exception:
             ST.fail(s.name, d, kind, {"case": i, "tamper": t and t.name, "harness": traceback.format_exc()[-800:],
                                       "stdout": p.stdout.decode("utf-8", "replace")[-800:]})
+            continue
+        if t is not None and t.sign_flag == "timestamp" and not s.sdk_checks_freshness:
+            code, out, vargs = tg_verify(s, r, secret)
+            if ok and code == 1 and out.get("reason") == "timestamp_out_of_window":
+                ST.ok(s.name, d, kind)
+            else:
+                ST.fail(s.name, d, kind, {"case": i, "tamper": t.name,
+                                          "expected": "SDK accepts the stale signature, tollgate verify refuses it",
+                                          "sdk_ok": ok, "tollgate_exit": code, "tollgate": out, "args": args})
             continue
         if ok == (t is None):
             ST.ok(s.name, d, kind)
