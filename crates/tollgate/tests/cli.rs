@@ -433,7 +433,7 @@ fn usage_and_input_errors_exit_2() {
         (vec!["--provider", p], "secret-env"),
         (
             vec!["--config", "x.toml", "--route", "r"],
-            "not available in this build",
+            "x.toml: cannot read",
         ),
         (
             vec![
