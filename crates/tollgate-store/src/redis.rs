@@ -206,14 +206,14 @@ impl RedisStore {
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let client = ::redis::Client::open(url)
             .map_err(|e| StoreError::Unavailable(Box::new(RedisError::Url(e))))?;
-        // Few, short reconnection attempts: a request waiting on a reconnection is bounded by the
-        // operation timeout anyway, and a failed attempt is retried on the next operation.
+        // One connection attempt per reconnection, no backoff inside it: with Redis down every
+        // operation then fails at once (connection refused) instead of waiting out a backoff
+        // schedule that starts at a second, and the next operation starts a fresh attempt, so
+        // traffic itself paces the retries and recovery is noticed on the first request after.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(options.connect_timeout)
             .set_response_timeout(options.response_timeout)
-            .set_number_of_retries(2)
-            .set_factor(50)
-            .set_max_delay(250);
+            .set_number_of_retries(0);
         let conn = bounded(
             "connect",
             options.operation_timeout,

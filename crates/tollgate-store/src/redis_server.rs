@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn starts_answers_and_is_gone_after_kill() {
-        let mut server = RedisServer::start().unwrap();
+        let mut server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         assert!(server.command("PING").unwrap().starts_with("+PONG"));
         server.kill();
         assert!(server.command("PING").is_err());
