@@ -100,7 +100,9 @@ return 0
 /// Tuning for [`RedisStore::connect_with`].
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// Prepended to every key, so several deployments (or tests) can share one Redis.
+    /// Prepended to every key, so several deployments (or tests) can share one Redis. Every
+    /// instance of one deployment must use the same prefix. Keep `{` and `}` out of it: Redis
+    /// Cluster would take the prefix as the hash tag and put every key in one slot.
     pub key_prefix: String,
     /// Longest wait for one TCP connection attempt.
     pub connect_timeout: Duration,
