@@ -1,6 +1,8 @@
 //! Claims per second for each backend: one caller at a time (latency-bound: each SQLite claim is
 //! its own transaction) and 64 concurrent callers (what a busy gateway does; SQLite's writer then
 //! commits many claims per transaction). Every claim is of a fresh key, so each one writes.
+//! Redis runs on a private `redis-server` (no persistence) on loopback, so its figures are the
+//! round trip plus one script, the floor of what a networked Redis gives.
 // criterion_group! generates an undocumented public fn.
 #![allow(missing_docs)]
 
@@ -9,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tollgate_store::{Claim, Durability, MemoryStore, ReplayStore, SqliteStore};
+use tollgate_store::redis_server::RedisServer;
+use tollgate_store::{Claim, Durability, MemoryStore, RedisStore, ReplayStore, SqliteStore};
 
 const LEASE: Duration = Duration::from_secs(30);
 const TASKS: u64 = 64;
@@ -64,6 +67,13 @@ fn claims(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
+    let redis_server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = rt
+        .block_on(RedisStore::connect(
+            &redis_server.url(),
+            Arc::new(tollgate_store::SystemClock),
+        ))
+        .expect("connect to the private redis-server");
     let backends: Vec<(&str, Arc<dyn ReplayStore>)> = vec![
         ("memory", Arc::new(MemoryStore::new())),
         (
@@ -80,6 +90,7 @@ fn claims(c: &mut Criterion) {
                     .expect("open SQLite"),
             ),
         ),
+        ("redis", Arc::new(redis)),
     ];
 
     let mut group = c.benchmark_group("claims");
@@ -95,6 +106,9 @@ fn claims(c: &mut Criterion) {
         });
     }
     group.finish();
+    // The server outlives every measurement that uses it.
+    drop(backends);
+    drop(redis_server);
 }
 
 criterion_group! {

@@ -1,7 +1,8 @@
 //! Replay and idempotency state shared by the gateway's requests (and, with the Redis backend, by
 //! several gateway instances). One trait, [`ReplayStore`]; backends: [`memory`] (tests, single
-//! process, lost on restart) and [`sqlite`] (the embedded default). Every backend passes the same
-//! conformance suite (`conformance`, behind the `conformance` feature).
+//! process, lost on restart), [`sqlite`] (the embedded default) and [`redis`] (shared by several
+//! instances). Every backend passes the same conformance suite (`conformance`, behind the
+//! `conformance` feature).
 //!
 //! Expiry is decided against stored unix-millisecond deadlines read from an injected
 //! [`clock::Clock`], so tests move time instead of sleeping.
@@ -20,10 +21,14 @@ pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;
+pub mod redis;
+#[cfg(feature = "conformance")]
+pub mod redis_server;
 pub mod sqlite;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use memory::MemoryStore;
+pub use redis::{RedisOptions, RedisStore};
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// The app's answer to the first delivery, replayed to duplicates.

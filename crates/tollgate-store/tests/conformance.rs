@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use tollgate_store::conformance::Subject;
-use tollgate_store::{Durability, ManualClock, MemoryStore, SqliteOptions, SqliteStore};
+use tollgate_store::redis_server::RedisServer;
+use tollgate_store::{
+    Durability, ManualClock, MemoryStore, RedisOptions, RedisStore, SqliteOptions, SqliteStore,
+};
 
 async fn memory(clock: Arc<ManualClock>) -> Subject {
     Subject::new(MemoryStore::with_clock(clock))
@@ -28,6 +31,16 @@ async fn sqlite_batch(clock: Arc<ManualClock>) -> Subject {
     sqlite(clock, Durability::Batch)
 }
 
+/// Each case gets its own private redis-server, so cases cannot see each other's keys.
+async fn redis(clock: Arc<ManualClock>) -> Subject {
+    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let store = RedisStore::connect_with(&server.url(), RedisOptions::new().with_clock(clock))
+        .await
+        .unwrap_or_else(|e| panic!("connect to the private redis-server: {e}"));
+    Subject::new(store).keep_alive(server)
+}
+
 tollgate_store::conformance_suite!(memory_backend, memory);
 tollgate_store::conformance_suite!(sqlite_always_backend, sqlite_always);
 tollgate_store::conformance_suite!(sqlite_batch_backend, sqlite_batch);
+tollgate_store::conformance_suite!(redis_backend, redis);
