@@ -1196,7 +1196,13 @@ def main():
             a, at, tr, tt, f = ST.rows[(s.name, d)]
             print(f"{s.provider:<18} {s.name.split('/', 1)[1]:<20} {d:<9} {f'{a}/{at}':>10} {f'{tr}/{tt}':>17} {f:>9}")
     print(f"\n(seed {seed}, {time.monotonic() - t0:.1f}s)")
-    print(f"interop: {ST.passed} passed, {ST.failed} failed")
+    counts = os.environ.get("INTEROP_COUNTS_FILE")
+    if counts:  # run.sh: gateway_e2e.py runs next and prints the final line with both phases' counts
+        with open(counts, "w") as f:
+            json.dump({"seed": seed, "passed": ST.passed, "failed": ST.failed}, f)
+        print(f"interop cli-phase: {ST.passed} passed, {ST.failed} failed")
+    else:
+        print(f"interop: {ST.passed} passed, {ST.failed} failed")
     if NODE:
         NODE.p.stdin.close()
     return 1 if ST.failed else 0

@@ -27,4 +27,12 @@ fi
 if [ "${INTEROP_SELFTEST:-0}" != "1" ]; then
   cargo build --quiet -p tollgate </dev/null
 fi
-exec "$HERE/.venv/bin/python" "$HERE/interop.py" "$@" </dev/null
+# Phase 1 (interop.py): SDKs <-> `tollgate verify` / `tollgate sign`. Phase 2 (gateway_e2e.py): SDK-signed requests
+# through `tollgate serve` to a recording upstream; it prints the final `interop: N passed, M failed` for both.
+counts="$(mktemp)"
+trap 'rm -f "$counts"' EXIT
+cli_rc=0
+INTEROP_COUNTS_FILE="$counts" "$HERE/.venv/bin/python" "$HERE/interop.py" "$@" </dev/null || cli_rc=$?
+e2e_rc=0
+INTEROP_COUNTS_FILE="$counts" "$HERE/.venv/bin/python" "$HERE/gateway_e2e.py" </dev/null || e2e_rc=$?
+[ "$cli_rc" -eq 0 ] && [ "$e2e_rc" -eq 0 ]

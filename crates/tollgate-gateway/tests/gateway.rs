@@ -12,10 +12,16 @@ use tollgate_verify::{find_provider, Options, SignInput};
 
 #[tokio::test]
 async fn accepted_webhook_reaches_the_app_byte_identical_and_its_answer_comes_back() {
+    for p in PROVIDERS {
+        accepted_webhook_for(p).await;
+    }
+}
+
+async fn accepted_webhook_for(p: Provider) {
     let up = upstream(Behaviour::Answer(200)).await;
-    let gw = start(config(&config_text(up.addr, "", "")), memory()).await;
+    let gw = start(config(&p.config_text(up.addr, "", "")), memory()).await;
     let host = gw.addr.to_string();
-    let s = signed(&format!("http://{host}/hooks/voice?x=1"), "msg_accept");
+    let s = p.signed(&format!("http://{host}/hooks/voice?x=1"), "msg_accept");
     let a = send_raw(
         gw.addr,
         &raw_request(
@@ -30,32 +36,42 @@ async fn accepted_webhook_reaches_the_app_byte_identical_and_its_answer_comes_ba
         ),
     )
     .await;
-    assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(a.body, APP_ANSWER);
-    assert_eq!(a.header("x-app"), Some("yes"));
-    assert_eq!(a.header("content-type"), Some("text/xml"));
+    let id = p.id;
+    assert_eq!(a.status, 200, "{id}: {a:?}");
+    assert_eq!(a.body, APP_ANSWER, "{id}");
+    assert_eq!(a.header("x-app"), Some("yes"), "{id}");
+    assert_eq!(a.header("content-type"), Some("text/xml"), "{id}");
 
     let seen = up.seen();
-    assert_eq!(seen.len(), 1);
+    assert_eq!(seen.len(), 1, "{id}");
     let r = &seen[0];
     assert_eq!(
         r.body.as_ref(),
         s.body.as_slice(),
-        "body must be byte-identical"
+        "{id}: body must be byte-identical"
     );
-    assert_eq!(r.method, "POST");
-    assert_eq!(r.uri, "/app/hooks/voice?x=1");
-    assert_eq!(r.headers["x-custom"], "kept");
+    assert_eq!(r.method, "POST", "{id}");
+    assert_eq!(r.uri, "/app/hooks/voice?x=1", "{id}");
+    assert_eq!(r.headers["x-custom"], "kept", "{id}");
     assert!(
         r.headers.get("x-hop").is_none(),
-        "headers named in Connection are hop-by-hop"
+        "{id}: headers named in Connection are hop-by-hop"
     );
     assert_eq!(
         r.headers["tollgate-verified"],
-        format!("provider={PROVIDER}; key=k1")
+        format!("provider={id}; key=k1")
     );
-    assert_eq!(r.headers["x-forwarded-for"], "127.0.0.1");
-    assert_eq!(r.headers["x-forwarded-proto"], "http");
+    assert_eq!(r.headers["x-forwarded-for"], "127.0.0.1", "{id}");
+    assert_eq!(r.headers["x-forwarded-proto"], "http", "{id}");
+    let content_type = s
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        content_type.map(|(_, v)| v.as_str()),
+        "{id}: the content type is end-to-end"
+    );
 
     // tollgate's own signature verifies with the app secret and not with the provider's key.
     let app_url = format!("http://{}/app/hooks/voice?x=1", up.addr);
@@ -71,13 +87,30 @@ async fn accepted_webhook_reaches_the_app_byte_identical_and_its_answer_comes_ba
         (spec.build)(&Options::new(), &ring(APP_SECRET), &Default::default()).expect("build");
     assert!(
         app_v.verify(&req, now()).is_ok(),
-        "app signature must verify"
+        "{id}: app signature must verify"
     );
-    let provider_v = (spec.build)(&Options::new(), &ring(KEY), &Default::default()).expect("build");
-    assert!(
-        provider_v.verify(&req, now()).is_err(),
-        "the provider's signature headers are replaced"
-    );
+    if p.id == STANDARD_WEBHOOKS.id {
+        let provider_v =
+            (spec.build)(&Options::new(), &ring(p.key), &Default::default()).expect("build");
+        assert!(
+            provider_v.verify(&req, now()).is_err(),
+            "the provider's signature headers are replaced"
+        );
+    } else {
+        // Other providers' signature headers are end-to-end: the app gets them as sent.
+        let sent = s
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(p.signature_header))
+            .map(|(_, v)| v.as_str());
+        assert_eq!(
+            r.headers
+                .get(p.signature_header)
+                .and_then(|v| v.to_str().ok()),
+            sent,
+            "{id}"
+        );
+    }
     gw.shutdown().await;
 }
 
@@ -95,48 +128,76 @@ async fn strip_prefix_maps_the_path() {
 
 #[tokio::test]
 async fn missing_credentials_401_bad_signature_and_stale_403_with_reason_json() {
+    for p in PROVIDERS {
+        rejects_for(p).await;
+    }
+}
+
+async fn rejects_for(p: Provider) {
+    let id = p.id;
     let up = upstream(Behaviour::Answer(200)).await;
-    let gw = start(config(&config_text(up.addr, "", "")), memory()).await;
+    let gw = start(config(&p.config_text(up.addr, "", "")), memory()).await;
     let host = gw.addr.to_string();
     let url = format!("http://{host}/hooks/voice");
 
-    let mut unsigned = signed(&url, "msg_u");
-    unsigned.headers.retain(|(k, _)| k != "webhook-signature");
+    let mut unsigned = p.signed(&url, "msg_u");
+    unsigned
+        .headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case(p.signature_header));
     let a = send_raw(gw.addr, &raw_request(&unsigned, "/hooks/voice", &host, &[])).await;
     assert_eq!(
         (a.status, a.body.as_str()),
-        (401, r#"{"error":"signature_missing"}"#)
+        (401, r#"{"error":"signature_missing"}"#),
+        "{id}"
     );
-    assert_eq!(a.header("content-type"), Some("application/json"));
+    assert_eq!(a.header("content-type"), Some("application/json"), "{id}");
 
-    let mut tampered = signed(&url, "msg_t");
+    let mut tampered = p.signed(&url, "msg_t");
     tampered.body[3] ^= 1;
     let a = send_raw(gw.addr, &raw_request(&tampered, "/hooks/voice", &host, &[])).await;
     assert_eq!(
         (a.status, a.body.as_str()),
-        (403, r#"{"error":"signature_mismatch"}"#)
+        (403, r#"{"error":"signature_mismatch"}"#),
+        "{id}"
     );
 
-    let stale = signed_with(KEY, &url, "msg_s", now() - 3600);
-    let a = send_raw(gw.addr, &raw_request(&stale, "/hooks/voice", &host, &[])).await;
+    // One byte of the signature itself.
+    let mut bad_sig = p.signed(&url, "msg_b");
+    for (k, v) in bad_sig.headers.iter_mut() {
+        if k.eq_ignore_ascii_case(p.signature_header) {
+            let i = v.len() - 3;
+            let c = if &v[i..=i] == "A" { "B" } else { "A" };
+            v.replace_range(i..=i, c);
+        }
+    }
+    let a = send_raw(gw.addr, &raw_request(&bad_sig, "/hooks/voice", &host, &[])).await;
     assert_eq!(
         (a.status, a.body.as_str()),
-        (403, r#"{"error":"timestamp_out_of_window"}"#)
+        (403, r#"{"error":"signature_mismatch"}"#),
+        "{id}"
     );
 
-    let wrong_key = signed_with(
-        "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        &url,
-        "msg_w",
-        now(),
-    );
+    if p.signs_time {
+        let stale = p.signed_with(p.key, &url, "msg_s", now() - 3600);
+        let a = send_raw(gw.addr, &raw_request(&stale, "/hooks/voice", &host, &[])).await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (403, r#"{"error":"timestamp_out_of_window"}"#),
+            "{id}"
+        );
+    }
+
+    let wrong_key = p.signed_with(p.wrong_key, &url, "msg_w", now());
     let a = send_raw(
         gw.addr,
         &raw_request(&wrong_key, "/hooks/voice", &host, &[]),
     )
     .await;
-    assert_eq!(a.status, 403);
-    assert!(up.seen().is_empty(), "nothing unverified reaches the app");
+    assert_eq!(a.status, 403, "{id}");
+    assert!(
+        up.seen().is_empty(),
+        "{id}: nothing unverified reaches the app"
+    );
 }
 
 #[tokio::test]
@@ -279,50 +340,137 @@ async fn forwarded_headers_from_an_untrusted_peer_are_ignored() {
 
 #[tokio::test]
 async fn forwarded_headers_from_a_trusted_proxy_are_honoured() {
-    let up = upstream(Behaviour::Answer(200)).await;
-    let gw = start(
-        config(&config_text(
-            up.addr,
-            "trusted_proxies = [\"127.0.0.1/32\"]",
-            "allow_ips = [\"198.51.100.0/24\"]",
-        )),
-        memory(),
-    )
-    .await;
-    let s = signed("https://hooks.example.com/hooks/voice", "msg_trusted");
-    let req = raw_request(
-        &s,
-        "/hooks/voice",
-        "internal:8080",
-        &[
-            ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "hooks.example.com"),
-        ],
-    );
-    let a = send_raw(gw.addr, &req).await;
-    assert_eq!(a.status, 200, "{a:?}");
-    let seen = up.seen();
-    assert_eq!(seen[0].headers["x-forwarded-for"], "198.51.100.7");
-    assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
-    assert_eq!(seen[0].headers["x-forwarded-host"], "hooks.example.com");
+    for p in PROVIDERS {
+        let up = upstream(Behaviour::Answer(200)).await;
+        let gw = start(
+            config(&p.config_text(
+                up.addr,
+                "trusted_proxies = [\"127.0.0.1/32\"]",
+                "allow_ips = [\"198.51.100.0/24\"]",
+            )),
+            memory(),
+        )
+        .await;
+        let s = p.signed("https://hooks.example.com/hooks/voice", "msg_trusted");
+        let req = raw_request(
+            &s,
+            "/hooks/voice",
+            "internal:8080",
+            &[
+                ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "hooks.example.com"),
+            ],
+        );
+        let a = send_raw(gw.addr, &req).await;
+        assert_eq!(a.status, 200, "{}: {a:?}", p.id);
+        let seen = up.seen();
+        assert_eq!(seen[0].headers["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
+        assert_eq!(seen[0].headers["x-forwarded-host"], "hooks.example.com");
+    }
+}
+
+/// A provider that signs the URL signed `https://public.example/…`; a TLS-terminating proxy in front
+/// of tollgate makes it arrive over plain http. Only a trusted proxy's `X-Forwarded-Proto` (or a
+/// configured `public_url`) may restore the https the signature covers.
+#[tokio::test]
+async fn url_signed_for_https_behind_a_proxy_needs_a_trusted_proxy_or_public_url() {
+    for p in PROVIDERS.into_iter().filter(|p| p.signs_url) {
+        let id = p.id;
+        let s = p.signed("https://public.example/hooks/voice?x=1", "msg_https");
+        let via_proxy = |s: &tollgate_verify::Signed| {
+            raw_request(
+                s,
+                "/hooks/voice?x=1",
+                "public.example",
+                &[
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-host", "public.example"),
+                    ("x-forwarded-for", "198.51.100.7"),
+                ],
+            )
+        };
+
+        // The peer (127.0.0.1) is not a trusted proxy: its X-Forwarded-Proto is ignored, the URL is
+        // rebuilt as http://public.example/…, and the https signature does not match it.
+        let up = upstream(Behaviour::Answer(200)).await;
+        let gw = start(config(&p.config_text(up.addr, "", "")), memory()).await;
+        let a = send_raw(gw.addr, &via_proxy(&s)).await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (403, r#"{"error":"signature_mismatch"}"#),
+            "{id}: an untrusted peer must not be able to claim https"
+        );
+        assert!(up.seen().is_empty(), "{id}");
+        gw.shutdown().await;
+
+        // The same bytes from a trusted proxy: accepted, and the app is told https.
+        let up = upstream(Behaviour::Answer(200)).await;
+        let gw = start(
+            config(&p.config_text(up.addr, "trusted_proxies = [\"127.0.0.1/32\"]", "")),
+            memory(),
+        )
+        .await;
+        let a = send_raw(gw.addr, &via_proxy(&s)).await;
+        assert_eq!(a.status, 200, "{id}: {a:?}");
+        let seen = up.seen();
+        assert_eq!(seen.len(), 1, "{id}");
+        assert_eq!(seen[0].body.as_ref(), s.body.as_slice(), "{id}");
+        assert_eq!(seen[0].headers["x-forwarded-proto"], "https", "{id}");
+        assert_eq!(seen[0].headers["x-forwarded-for"], "198.51.100.7", "{id}");
+        gw.shutdown().await;
+
+        // Or no proxy headers at all, with public_url saying what the provider called.
+        let up = upstream(Behaviour::Answer(200)).await;
+        let gw = start(
+            config(&p.config_text(up.addr, "public_url = \"https://public.example\"", "")),
+            memory(),
+        )
+        .await;
+        let plain = raw_request(&s, "/hooks/voice?x=1", &gw.addr.to_string(), &[]);
+        let a = send_raw(gw.addr, &plain).await;
+        assert_eq!(a.status, 200, "{id}: {a:?}");
+        assert_eq!(up.seen()[0].headers["x-forwarded-proto"], "https", "{id}");
+        // …and with public_url set, a signature for the plain-http URL it arrived on is refused.
+        let http_signed = p.signed(&format!("http://{}/hooks/voice?x=1", gw.addr), "msg_http");
+        let a = send_raw(
+            gw.addr,
+            &raw_request(&http_signed, "/hooks/voice?x=1", &gw.addr.to_string(), &[]),
+        )
+        .await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (403, r#"{"error":"signature_mismatch"}"#),
+            "{id}"
+        );
+        assert_eq!(up.seen().len(), 1, "{id}");
+        gw.shutdown().await;
+    }
 }
 
 #[tokio::test]
 async fn duplicate_is_not_forwarded_and_gets_the_first_answer() {
-    let up = upstream(Behaviour::Answer(200)).await;
-    let gw = start(config(&config_text(up.addr, "", "")), memory()).await;
-    let host = gw.addr.to_string();
-    let s = signed(&format!("http://{host}/hooks/voice"), "msg_dup");
-    let first = send_raw(gw.addr, &raw_request(&s, "/hooks/voice", &host, &[])).await;
-    let second = send_raw(gw.addr, &raw_request(&s, "/hooks/voice", &host, &[])).await;
-    assert_eq!(first.status, 200);
-    assert_eq!(second.status, 200);
-    assert_eq!(second.body, first.body);
-    assert_eq!(second.header("x-app"), Some("yes"));
-    assert_eq!(second.header("tollgate-replayed"), Some("true"));
-    assert_eq!(first.header("tollgate-replayed"), None);
-    assert_eq!(up.seen().len(), 1, "the duplicate must not reach the app");
+    for p in PROVIDERS {
+        let id = p.id;
+        let up = upstream(Behaviour::Answer(200)).await;
+        let gw = start(config(&p.config_text(up.addr, "", "")), memory()).await;
+        let host = gw.addr.to_string();
+        let s = p.signed(&format!("http://{host}/hooks/voice"), "msg_dup");
+        let first = send_raw(gw.addr, &raw_request(&s, "/hooks/voice", &host, &[])).await;
+        let second = send_raw(gw.addr, &raw_request(&s, "/hooks/voice", &host, &[])).await;
+        assert_eq!(first.status, 200, "{id}");
+        assert_eq!(second.status, 200, "{id}");
+        assert_eq!(second.body, first.body, "{id}");
+        assert_eq!(second.header("x-app"), Some("yes"), "{id}");
+        assert_eq!(second.header("tollgate-replayed"), Some("true"), "{id}");
+        assert_eq!(first.header("tollgate-replayed"), None, "{id}");
+        assert_eq!(
+            up.seen().len(),
+            1,
+            "{id}: the duplicate must not reach the app"
+        );
+    }
 }
 
 #[tokio::test]
@@ -651,27 +799,36 @@ async fn shutdown_drains_the_request_in_flight() {
 #[test]
 fn sample_and_sign_are_what_the_tests_use() {
     // Guards the harness itself: a signed sample must verify, or every accept test is vacuous.
-    let spec = find_provider(PROVIDER).expect("spec");
-    let mut input: SignInput = (spec.sample)(&Options::new(), "http://h/hooks");
-    input.now = now();
-    input.nonce = "n".into();
-    let s = (spec.sign)(&Options::new(), &tollgate_verify::Secret::new(KEY), &input).expect("sign");
-    let h = s.header_map();
-    let v = (spec.build)(
-        &Options::new(),
-        &tollgate_verify::KeyRing::single(tollgate_verify::Secret::new(KEY)),
-        &Default::default(),
-    )
-    .expect("build");
-    assert!(v
-        .verify(
-            &tollgate_verify::Request {
-                method: "POST",
-                url: &s.url,
-                headers: &h,
-                body: &s.body
-            },
-            now()
+    for p in PROVIDERS {
+        let spec = find_provider(p.id).expect("spec");
+        let opts = p.options();
+        let mut input: SignInput = (spec.sample)(&opts, "http://h/hooks");
+        input.now = now();
+        input.nonce = "n".into();
+        let s = (spec.sign)(&opts, &tollgate_verify::Secret::new(p.key), &input).expect("sign");
+        let h = s.header_map();
+        let v = (spec.build)(
+            &opts,
+            &tollgate_verify::KeyRing::single(tollgate_verify::Secret::new(p.key)),
+            &Default::default(),
         )
-        .is_ok());
+        .expect("build");
+        let verified = v
+            .verify(
+                &tollgate_verify::Request {
+                    method: "POST",
+                    url: &s.url,
+                    headers: &h,
+                    body: &s.body,
+                },
+                now(),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e:?}", p.id));
+        assert_eq!(
+            verified.event_id_str(),
+            p.nonce_is_event_id.then_some("n"),
+            "{}: event id",
+            p.id
+        );
+    }
 }

@@ -18,11 +18,126 @@ use tollgate_gateway::Gateway;
 use tollgate_store::ReplayStore;
 use tollgate_verify::{find_provider, Options, Secret, SignInput, Signed};
 
-/// The provider the tests sign as; switching to another provider is this line and `KEY`.
-pub const PROVIDER: &str = "standard-webhooks";
-pub const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The provider the single-provider tests sign as (`PROVIDERS` lists the ones the provider-specific
+/// accept/reject tests run for).
+pub const PROVIDER: &str = STANDARD_WEBHOOKS.id;
+pub const KEY: &str = STANDARD_WEBHOOKS.key;
 pub const APP_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const APP_ANSWER: &str = "<Response><Say>hi</Say></Response>";
+
+/// A provider the tests sign as, with what its accept/reject paths need.
+#[derive(Debug, Clone, Copy)]
+pub struct Provider {
+    pub id: &'static str,
+    /// The route's key, and the env var the config reads it from.
+    pub key: &'static str,
+    pub key_env: &'static str,
+    /// A well-formed key that is not the route's.
+    pub wrong_key: &'static str,
+    /// The route's provider options; the same go to `sample` and `sign`.
+    pub options: &'static [(&'static str, &'static str)],
+    /// The header that carries the signature (removed for the 401 case).
+    pub signature_header: &'static str,
+    /// Whether the signature covers the URL (so `public_url` / `X-Forwarded-Proto` decide).
+    pub signs_url: bool,
+    /// Whether a timestamp is signed (so a stale request is refused).
+    pub signs_time: bool,
+    /// Whether the signer's nonce comes back as the verified event id.
+    pub nonce_is_event_id: bool,
+}
+
+/// JSON body, `webhook-id` / `webhook-timestamp` / `webhook-signature`; the URL is not signed.
+pub const STANDARD_WEBHOOKS: Provider = Provider {
+    id: "standard-webhooks",
+    key: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    key_env: "KEY",
+    wrong_key: "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    options: &[],
+    signature_header: "webhook-signature",
+    signs_url: false,
+    signs_time: true,
+    nonce_is_event_id: true,
+};
+
+/// Classic Twilio: a form POST, HMAC-SHA1 over the URL it called + the sorted params. The signer's
+/// nonce goes into the unsigned `I-Twilio-Idempotency-Token`, which is deliberately not the event
+/// id: duplicates are recognised by method, public URL and body.
+pub const TWILIO: Provider = Provider {
+    id: "twilio",
+    key: "9f86d081884c7d659a2feaa0c55ad015",
+    key_env: "TWILIO_KEY",
+    wrong_key: "00000000000000000000000000000000",
+    options: &[("algorithm", "hmac-sha1")],
+    signature_header: "x-twilio-signature",
+    signs_url: true,
+    signs_time: false,
+    nonce_is_event_id: false,
+};
+
+pub const PROVIDERS: [Provider; 2] = [STANDARD_WEBHOOKS, TWILIO];
+
+impl Provider {
+    pub fn options(&self) -> Options {
+        self.options
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
+            .collect()
+    }
+
+    /// A config for one route `/hooks` of this provider in front of `upstream`; `server` and
+    /// `route` add keys.
+    pub fn config_text(&self, upstream: SocketAddr, server: &str, route: &str) -> String {
+        let options: String = self
+            .options
+            .iter()
+            .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+            .collect();
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{server}
+
+[state]
+backend = "memory"
+
+[[route]]
+name = "hooks"
+path = "/hooks"
+provider = "{id}"
+keys = [ {{ label = "k1", secret = "env:{key_env}" }} ]
+upstream = "http://{upstream}/app"
+app_secret = "env:APP_SECRET"
+{options}{route}
+"#,
+            id = self.id,
+            key_env = self.key_env,
+        )
+    }
+
+    /// A sample request of this provider for `url`, signed at `at` with `key`, with event id /
+    /// nonce `nonce`.
+    pub fn signed_with(&self, key: &str, url: &str, nonce: &str, at: i64) -> Signed {
+        let spec = find_provider(self.id).expect("provider");
+        let opts = self.options();
+        let mut input: SignInput = (spec.sample)(&opts, url);
+        input.now = at;
+        input.nonce = nonce.to_owned();
+        (spec.sign)(&opts, &Secret::new(key), &input).expect("sign")
+    }
+
+    pub fn signed(&self, url: &str, nonce: &str) -> Signed {
+        self.signed_with(self.key, url, nonce, now())
+    }
+
+    /// Signs for `/hooks/voice?x=1` on the gateway and sends it.
+    pub async fn deliver(&self, gw: SocketAddr, nonce: &str, extra: &[(&str, &str)]) -> Answer {
+        let host = gw.to_string();
+        let s = self.signed(&format!("http://{host}/hooks/voice?x=1"), nonce);
+        send_raw(gw, &raw_request(&s, "/hooks/voice?x=1", &host, extra)).await
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -113,34 +228,19 @@ pub async fn upstream(behaviour: Behaviour) -> Upstream {
 }
 
 pub fn env() -> HashMap<String, String> {
-    [("KEY", KEY), ("APP_SECRET", APP_SECRET)]
+    PROVIDERS
+        .iter()
+        .map(|p| (p.key_env, p.key))
+        .chain([("APP_SECRET", APP_SECRET)])
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
 
-/// A config for one route `/hooks` in front of `upstream`; `server` and `route` add keys.
+/// A config for one standard-webhooks route `/hooks` in front of `upstream`; `server` and `route`
+/// add keys.
 pub fn config_text(upstream: SocketAddr, server: &str, route: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-{server}
-
-[state]
-backend = "memory"
-
-[[route]]
-name = "hooks"
-path = "/hooks"
-provider = "{PROVIDER}"
-keys = [ {{ label = "k1", secret = "env:KEY" }} ]
-upstream = "http://{upstream}/app"
-app_secret = "env:APP_SECRET"
-{route}
-"#
-    )
+    STANDARD_WEBHOOKS.config_text(upstream, server, route)
 }
 
 pub fn config(text: &str) -> Config {
@@ -206,17 +306,13 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// A provider sample for `url`, signed at `at` with `key`, with event id `nonce`.
+/// A standard-webhooks sample for `url`, signed at `at` with `key`, with event id `nonce`.
 pub fn signed_with(key: &str, url: &str, nonce: &str, at: i64) -> Signed {
-    let spec = find_provider(PROVIDER).expect("provider");
-    let mut input: SignInput = (spec.sample)(&Options::new(), url);
-    input.now = at;
-    input.nonce = nonce.to_owned();
-    (spec.sign)(&Options::new(), &Secret::new(key), &input).expect("sign")
+    STANDARD_WEBHOOKS.signed_with(key, url, nonce, at)
 }
 
 pub fn signed(url: &str, nonce: &str) -> Signed {
-    signed_with(KEY, url, nonce, now())
+    STANDARD_WEBHOOKS.signed(url, nonce)
 }
 
 /// The raw bytes of `s` sent to `path` with `Host: host` and extra headers.
@@ -284,9 +380,7 @@ pub fn parse(buf: &[u8]) -> Answer {
     }
 }
 
-/// Signs for `/hooks/voice?x=1` on the gateway and sends it.
+/// Signs (standard-webhooks) for `/hooks/voice?x=1` on the gateway and sends it.
 pub async fn deliver(gw: SocketAddr, nonce: &str, extra: &[(&str, &str)]) -> Answer {
-    let host = gw.to_string();
-    let s = signed(&format!("http://{host}/hooks/voice?x=1"), nonce);
-    send_raw(gw, &raw_request(&s, "/hooks/voice?x=1", &host, extra)).await
+    STANDARD_WEBHOOKS.deliver(gw, nonce, extra).await
 }
