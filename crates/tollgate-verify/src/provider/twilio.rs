@@ -15,9 +15,10 @@
 //! its query (a `'` signed raw arrives as `%27`, twilio-node PR #1061). All of them are tried here,
 //! the URL as received first.
 //!
-//! Nothing is timestamped, so replays can only be limited by deduplication on the
-//! `I-Twilio-Idempotency-Token` header, which is reported as the event id. That header is not
-//! signed: dedupe on it stops provider retries, not an attacker who changes it.
+//! Nothing is timestamped, so replays can only be limited by deduplication. The
+//! `I-Twilio-Idempotency-Token` header is not signed (an attacker could change it on a replay), so it
+//! is not reported as the event id; Twilio's retries repeat the signed bytes exactly, and the
+//! gateway deduplicates on a hash of those.
 
 use std::borrow::Cow;
 
