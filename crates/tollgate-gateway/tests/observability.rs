@@ -356,7 +356,9 @@ fn twilio_signed(url: &str, token: &str) -> Signed {
     let spec = find_provider("twilio").expect("twilio");
     let mut input = (spec.sample)(&Options::new(), url);
     input.nonce = token.to_owned();
-    input.body.extend_from_slice(format!("&Tag={token}").as_bytes());
+    input
+        .body
+        .extend_from_slice(format!("&Tag={token}").as_bytes());
     (spec.sign)(&Options::new(), &Secret::new(TWILIO_TOKEN), &input).expect("sign")
 }
 
