@@ -63,8 +63,8 @@ async fn run(
     ctx.route = Some(route.name.clone());
 
     // 2. Client IP next: allow_ips, the failure budget and the audit line all need it.
-    let peer_trusted = stage::client_ip::is_trusted(conn.peer.ip(), &server.trusted_proxies);
-    let client_ip = stage::client_ip::resolve(conn.peer, &parts.headers, &server.trusted_proxies);
+    let via = stage::client_ip::via(conn.peer, &parts.headers, &server.trusted_proxies);
+    let client_ip = via.client_ip;
     ctx.client_ip = Some(client_ip);
     stage::allow_ips::check(route, client_ip)?;
     // A client that spent its failure budget is refused before its body is read or verified.
@@ -84,8 +84,7 @@ async fn run(
     .await?;
 
     // 4. Public URL: URL-signing schemes sign what the provider called, not what we received.
-    let public =
-        stage::public_url::build(&parts, server.public_url.as_deref(), conn.tls, peer_trusted)?;
+    let public = stage::public_url::build(&parts, server.public_url.as_deref(), conn.tls, &via)?;
 
     // 5. Verify: nothing below runs for an unauthenticated request.
     let verified = match stage::verify::run(route, &parts, &public.url, &body, &shared.diagnoses) {

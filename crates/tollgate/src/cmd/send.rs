@@ -1,7 +1,10 @@
 //! `tollgate send`: fire freshly signed sample webhooks of a route's provider (optionally
-//! tampered) at a deployment and report what it answered, by status and error code.
+//! tampered) at a deployment and report what it answered, by status and error code. A large
+//! `--count` shows a progress bar on stderr when stderr is a terminal; the summary on stdout is the
+//! same either way, so scripts and pipes see only it.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tollgate_config::{load_route, ProcessEnv};
 use tollgate_verify::{Options, ProviderSpec, Secret, SignInput, Signed};
 
@@ -79,7 +83,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let tally = runtime.block_on(fire(ctx, args.count, args.concurrency));
+    let progress = progress_bar(args.count, std::io::stderr().is_terminal());
+    let tally = runtime.block_on(fire(ctx, args.count, args.concurrency, progress.clone()));
+    // Cleared, not left behind: the summary below is the whole report.
+    progress.finish_and_clear();
     let mut accepted = 0;
     for ((status, code), n) in &tally {
         println!("{status} {code} x{n}");
@@ -100,6 +107,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// From this many requests on, a terminal gets a progress bar (fewer finish before it would help).
+const PROGRESS_FROM: u64 = 50;
+
+/// Whether `count` requests deserve a bar on a stderr that is (or is not) a terminal.
+fn wants_progress(count: u64, stderr_is_terminal: bool) -> bool {
+    stderr_is_terminal && count >= PROGRESS_FROM
+}
+
+/// A bar on stderr, or a hidden one that costs nothing when not wanted.
+fn progress_bar(count: u64, stderr_is_terminal: bool) -> ProgressBar {
+    if !wants_progress(count, stderr_is_terminal) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(count), ProgressDrawTarget::stderr());
+    // The template is a constant; if indicatif ever refused it, the default style is fine.
+    if let Ok(style) = ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {pos}/{len} sent, {per_sec}, eta {eta} {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 struct Ctx {
@@ -155,22 +185,38 @@ impl Ctx {
 
 type Tally = BTreeMap<(u16, String), u64>;
 
-async fn fire(ctx: Arc<Ctx>, count: u64, concurrency: u64) -> Tally {
+async fn fire(ctx: Arc<Ctx>, count: u64, concurrency: u64, progress: ProgressBar) -> Tally {
     let client = tollgate_gateway::stage::forward::client();
     let next = Arc::new(AtomicU64::new(0));
     let tally = Arc::new(Mutex::new(Tally::new()));
     let mut workers = Vec::new();
     for _ in 0..concurrency.min(count) {
-        let (ctx, client, next, tally) = (ctx.clone(), client.clone(), next.clone(), tally.clone());
+        let (ctx, client, next, tally, progress) = (
+            ctx.clone(),
+            client.clone(),
+            next.clone(),
+            tally.clone(),
+            progress.clone(),
+        );
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < count {
                 let key = match one(&ctx, &client).await {
                     Ok(k) => k,
                     Err(e) => (0, format!("error: {e:#}")),
                 };
+                let refused = !(200..300).contains(&key.0);
                 if let Ok(mut t) = tally.lock() {
                     *t.entry(key).or_default() += 1;
+                    if refused {
+                        let n: u64 = t
+                            .iter()
+                            .filter(|((status, _), _)| !(200..300).contains(status))
+                            .map(|(_, n)| n)
+                            .sum();
+                        progress.set_message(format!("({n} not 2xx)"));
+                    }
                 }
+                progress.inc(1);
             }
         }));
     }
@@ -203,4 +249,31 @@ async fn one(
         .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
         .unwrap_or_default();
     Ok((status, code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_only_for_large_counts_on_a_terminal() {
+        assert!(
+            !wants_progress(1_000_000, false),
+            "never into a pipe or file"
+        );
+        assert!(!wants_progress(PROGRESS_FROM - 1, true));
+        assert!(wants_progress(PROGRESS_FROM, true));
+        assert!(progress_bar(1_000, false).is_hidden());
+        assert!(progress_bar(3, true).is_hidden());
+    }
+
+    #[test]
+    fn a_shown_bar_counts_to_the_total() {
+        let bar = progress_bar(PROGRESS_FROM, true);
+        assert_eq!(bar.length(), Some(PROGRESS_FROM));
+        assert_eq!(bar.position(), 0);
+        bar.inc(1);
+        assert_eq!(bar.position(), 1);
+        bar.finish_and_clear();
+    }
 }
