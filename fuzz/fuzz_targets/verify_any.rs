@@ -1,4 +1,4 @@
-//! Arbitrary method, URL, headers and body through every provider's verifier (and diagnosis):
+//! Arbitrary method, URL, headers and body through every provider configuration's verifier (and diagnosis):
 //! never panics, and never verifies, since the fuzzer cannot forge a MAC or an Ed25519 signature.
 //! Header names are drawn partly from the headers the provider itself signs, to get past the
 //! "header missing" checks into the decoding and comparison code.
@@ -54,6 +54,9 @@ fuzz_target!(|input: Input| {
         alt_hosts: &["example.com", "other.example:8443"],
     };
     if let Ok(v) = verify_explained(r.verifier.as_ref(), &req, now, &hints) {
-        panic!("{} verified an arbitrary request: {v:?}", r.spec.id);
+        panic!(
+            "{} {:?} verified an arbitrary request: {v:?}",
+            r.spec.id, r.config.opts
+        );
     }
 });

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use tollgate_verify::url::Url;
-use tollgate_verify::{form, KeyRing, Options, ProviderSpec, Secret, Settings, SignInput, Signed};
+use tollgate_verify::{
+    form, KeyRing, Options, ProviderSpec, Request, Secret, Settings, SignInput, Signed,
+};
 
 use super::verify::{find_provider, now_or_clock, parse_sets, secret_from_env};
 
@@ -157,7 +159,8 @@ fn tamper(
     secret: &Secret,
     mut input: SignInput,
 ) -> anyhow::Result<Signed> {
-    match what {
+    let now = input.now;
+    let tampered = match what {
         Tamper::Body => {
             let mut signed = sign(spec, opts, secret, &input)?;
             let mid = signed.body.len() / 2;
@@ -165,23 +168,28 @@ fn tamper(
                 Some(b) => *b ^= 0x01,
                 None => signed.body.push(b'x'),
             }
-            Ok(signed)
+            signed
         }
         Tamper::Param => {
             let mut signed = sign(spec, opts, secret, &input)?;
             signed.body = tamper_param(&input, &signed)?;
-            Ok(signed)
+            signed
         }
-        Tamper::Signature => tamper_signature(spec, opts, secret, &input),
+        Tamper::Signature => tamper_signature(spec, opts, secret, &input)?,
         Tamper::Timestamp => {
-            if !spec.signs_time {
+            // Decided by behaviour, not by `spec.signs_time`: whether a scheme signs a time can
+            // depend on its options (the generic `hmac` with `{timestamp}.{body}`).
+            let fresh = sign(spec, opts, secret, &input)?;
+            input.now = input.now.saturating_sub(STALE_SECS);
+            let stale = sign(spec, opts, secret, &input)?;
+            if stale == fresh {
                 anyhow::bail!(
-                    "--tamper timestamp: {} signs no timestamp, so a stale request cannot be told apart",
+                    "--tamper timestamp: {} with these options signs no timestamp (signing an hour \
+                     earlier gives the same request), so a stale request cannot be told apart",
                     spec.id
                 );
             }
-            input.now = input.now.saturating_sub(STALE_SECS);
-            sign(spec, opts, secret, &input)
+            stale
         }
         Tamper::Url => {
             if !signs_url(spec, opts, secret)? {
@@ -197,7 +205,60 @@ fn tamper(
             // returned minus our `x`, not to the original string.
             signed.url = strip_path_x(&signed.url)
                 .context("--tamper url: the signer changed the URL path; cannot undo the change")?;
-            Ok(signed)
+            signed
+        }
+    };
+    ensure_refused(what, spec, opts, secret, &tampered, now)?;
+    Ok(tampered)
+}
+
+/// A `--tamper` output that the scheme still accepts would tell the operator nothing (Plivo V2 and
+/// `basic` sign no body, for instance): check it against the route's own verifier at the signing
+/// time and refuse to print it.
+fn ensure_refused(
+    what: Tamper,
+    spec: &ProviderSpec,
+    opts: &Options,
+    secret: &Secret,
+    tampered: &Signed,
+    now: i64,
+) -> anyhow::Result<()> {
+    let key = (spec.verify_key_for)(opts, secret)
+        .map_err(|e| anyhow::anyhow!("cannot derive the verification key: {e}"))?;
+    let verifier = (spec.build)(opts, &KeyRing::single(key), &Settings::default())
+        .map_err(|e| anyhow::anyhow!("cannot use these keys/options for {}: {e}", spec.id))?;
+    let headers = tampered.header_map();
+    let req = Request {
+        method: &tampered.method,
+        url: &tampered.url,
+        headers: &headers,
+        body: &tampered.body,
+    };
+    if verifier.verify(&req, now).is_ok() {
+        let part = match what {
+            Tamper::Body => "the body",
+            Tamper::Param => "the form parameters",
+            Tamper::Signature => "the signature",
+            Tamper::Timestamp => "the time",
+            Tamper::Url => "the URL",
+        };
+        anyhow::bail!(
+            "--tamper {}: the altered request still verifies: {} with these options does not sign {part}",
+            what.name(),
+            spec.id
+        );
+    }
+    Ok(())
+}
+
+impl Tamper {
+    fn name(self) -> &'static str {
+        match self {
+            Tamper::Body => "body",
+            Tamper::Param => "param",
+            Tamper::Signature => "signature",
+            Tamper::Timestamp => "timestamp",
+            Tamper::Url => "url",
         }
     }
 }
@@ -242,10 +303,12 @@ fn tamper_param(input: &SignInput, signed: &Signed) -> anyhow::Result<Vec<u8>> {
     Ok(form::encode_pairs(&pairs).into_bytes())
 }
 
-/// Locates the signature without a per-provider table: signing the same input with a key that
-/// differs in one character changes exactly the signature (and nothing the key does not touch),
-/// so the first byte that differs between the two signings is a signature digit. Changing that
-/// digit within its alphabet keeps the value decodable, so the verifier must compare and refuse.
+/// Locates the signature without a per-provider table: signing the same input with another key
+/// changes exactly the signature (and nothing the key does not touch), so the headers whose value
+/// differs between the two signings carry the signature. In each of them (Plivo sends the same
+/// signature twice, `-V3` and `-Ma-V3`: changing one would leave the other valid) the first
+/// differing character is changed within its alphabet, which keeps the value decodable, so the
+/// verifier must compare and refuse.
 fn tamper_signature(
     spec: &ProviderSpec,
     opts: &Options,
@@ -253,9 +316,7 @@ fn tamper_signature(
     input: &SignInput,
 ) -> anyhow::Result<Signed> {
     let mut signed = sign(spec, opts, secret, input)?;
-    let other = sign(spec, opts, &other_key(secret)?, input).map_err(|_| {
-        anyhow::anyhow!("--tamper signature: cannot sign with a second key to locate the signature")
-    })?;
+    let other = sign_with_other_key(spec, opts, secret, input, &signed)?;
     let not_found = || {
         anyhow::anyhow!(
             "--tamper signature: cannot locate the signature of {}",
@@ -263,47 +324,96 @@ fn tamper_signature(
         )
     };
 
-    if signed.headers.len() == other.headers.len() {
-        for ((ka, va), (kb, vb)) in signed.headers.iter_mut().zip(&other.headers) {
-            if ka == kb && va != vb {
-                let mut bytes = std::mem::take(va).into_bytes();
-                if !alter_first_difference(&mut bytes, vb.as_bytes()) {
-                    return Err(not_found());
-                }
-                *va = String::from_utf8(bytes).map_err(|_| not_found())?;
-                return Ok(signed);
+    let same_names = signed.headers.len() == other.headers.len()
+        && signed
+            .headers
+            .iter()
+            .zip(&other.headers)
+            .all(|((ka, _), (kb, _))| ka == kb);
+    let mut changed = false;
+    if same_names {
+        for ((_, va), (_, vb)) in signed.headers.iter_mut().zip(&other.headers) {
+            if va == vb {
+                continue;
             }
+            let mut bytes = std::mem::take(va).into_bytes();
+            if !alter_first_difference(&mut bytes, vb.as_bytes()) {
+                return Err(not_found());
+            }
+            *va = String::from_utf8(bytes).map_err(|_| not_found())?;
+            changed = true;
         }
     }
     if signed.url != other.url {
         let mut bytes = std::mem::take(&mut signed.url).into_bytes();
-        if alter_first_difference(&mut bytes, other.url.as_bytes()) {
-            signed.url = String::from_utf8(bytes).map_err(|_| not_found())?;
-            return Ok(signed);
+        if !alter_first_difference(&mut bytes, other.url.as_bytes()) {
+            return Err(not_found());
         }
+        signed.url = String::from_utf8(bytes).map_err(|_| not_found())?;
+        changed = true;
+    }
+    if signed.body != other.body {
+        if !alter_first_difference(&mut signed.body, &other.body) {
+            return Err(not_found());
+        }
+        changed = true;
+    }
+    if !changed {
         return Err(not_found());
     }
-    if signed.body != other.body && alter_first_difference(&mut signed.body, &other.body) {
-        return Ok(signed);
-    }
-    Err(not_found())
+    Ok(signed)
 }
 
-/// The key with one alphanumeric character changed within its class, after any `xxx_` prefix, so
-/// a base64, hex or plain-text key stays a valid key of the same kind.
-fn other_key(secret: &Secret) -> anyhow::Result<Secret> {
-    let mut bytes = secret.expose().to_vec();
-    let start = bytes.iter().position(|&b| b == b'_').map_or(0, |i| i + 1);
+/// Signs `input` again with a key other than `secret` that the scheme accepts and that changes the
+/// output. The candidates, in order: one alphanumeric character changed within its class after any
+/// `xxx_` prefix (a base64, hex, `whsec_` or `user:password` key stays a key of its kind), the same
+/// anywhere in the key, then for keys with no such character (`joy~_𝄞é:`, used as raw bytes by the
+/// HMAC schemes) the last byte's low bit flipped, or a `0` appended.
+fn sign_with_other_key(
+    spec: &ProviderSpec,
+    opts: &Options,
+    secret: &Secret,
+    input: &SignInput,
+    signed: &Signed,
+) -> anyhow::Result<Signed> {
+    let key = secret.expose();
+    let after_prefix = key.iter().position(|&b| b == b'_').map_or(0, |i| i + 1);
+    let candidates = [
+        rotate_from(key, after_prefix),
+        rotate_from(key, 0),
+        flip_last_bit(key),
+        Some(Secret::new([key, b"0"].concat())),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .filter_map(|k| (spec.sign)(opts, &k, input).ok())
+        .find(|other| other != signed)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--tamper signature: cannot sign with a second key to locate the signature of {}",
+                spec.id
+            )
+        })
+}
+
+/// The key with its first alphanumeric character at or after `start` changed within its class.
+fn rotate_from(key: &[u8], start: usize) -> Option<Secret> {
+    let mut bytes = key.to_vec();
     let changed = bytes
         .iter_mut()
         .skip(start)
         .find_map(|b| rotate(*b).map(|r| *b = r))
         .is_some();
     let out = Secret::new(bytes);
-    if !changed {
-        anyhow::bail!("--tamper signature: the key has no character to vary");
-    }
-    Ok(out)
+    changed.then_some(out)
+}
+
+/// The key with the low bit of its last byte flipped.
+fn flip_last_bit(key: &[u8]) -> Option<Secret> {
+    let mut bytes = key.to_vec();
+    *bytes.last_mut()? ^= 0x01;
+    Some(Secret::new(bytes))
 }
 
 /// Changes the first byte where `a` differs from `b` and that [`rotate`] can change.
