@@ -524,7 +524,7 @@ mod tests {
     #[test]
     fn limits_are_enforced() {
         let mut big = b"POST / HTTP/1.1\r\nX: ".to_vec();
-        big.extend(std::iter::repeat(b'a').take(MAX_HEAD_BYTES));
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
         assert_eq!(
             p(&big),
             Err(RawError::HeadTooLarge {

@@ -4,6 +4,8 @@
 //! names the key that matched; an expired ring says `key_expired`; stale and future timestamps are
 //! rejected where the scheme signs one; the diagnosis finds an http/https mix-up.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 use tollgate_verify::{
     diagnose, find_provider, Key, KeyRing, Options, ProviderSpec, Reject, Request, Secret,
     Settings, SignInput, Signed, PROVIDERS,

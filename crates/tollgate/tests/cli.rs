@@ -956,7 +956,7 @@ fn usage_and_input_errors_exit_2() {
 fn malformed_captures_fail_cleanly() {
     let (p, k) = (SW.provider, SW.key);
     let mut huge = b"POST /x HTTP/1.1\r\nHost: example.com\r\nX-Big: ".to_vec();
-    huge.extend(std::iter::repeat(b'a').take(70 * 1024));
+    huge.extend(std::iter::repeat_n(b'a', 70 * 1024));
     huge.extend(b"\r\n\r\n{}");
     let cases: Vec<(&str, Vec<u8>, i32, &str)> = vec![
         ("garbage", b"\x00\x01\x02 not http at all\n".to_vec(), 2, "not an HTTP request line"),

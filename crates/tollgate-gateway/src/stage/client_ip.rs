@@ -327,7 +327,7 @@ fn parse_node(s: &str) -> Option<Node> {
             Some((id, port)) => (id, Some(port)),
             None => (s, None),
         };
-        return (is_obfuscated(id) && port.map_or(true, is_port)).then_some(Node::Unknown);
+        return (is_obfuscated(id) && port.is_none_or(is_port)).then_some(Node::Unknown);
     }
     let (ip, port) = match s.strip_prefix('[') {
         Some(rest) => {
@@ -344,8 +344,7 @@ fn parse_node(s: &str) -> Option<Node> {
             None => (IpAddr::V4(s.parse().ok()?), None),
         },
     };
-    port.map_or(true, is_port)
-        .then_some(Node::Ip(canonical(ip)))
+    port.is_none_or(is_port).then_some(Node::Ip(canonical(ip)))
 }
 
 fn is_port(p: &str) -> bool {

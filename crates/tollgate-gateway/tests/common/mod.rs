@@ -232,7 +232,6 @@ pub fn env() -> HashMap<String, String> {
         .iter()
         .map(|p| (p.key_env, p.key))
         .chain([("APP_SECRET", APP_SECRET)])
-        .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }

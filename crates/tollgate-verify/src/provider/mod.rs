@@ -113,6 +113,9 @@ impl Signed {
     }
 }
 
+/// Builds a route's verifier from its options, keys and settings (once, at start-up or reload).
+pub type BuildFn = fn(&Options, &KeyRing, &Settings) -> Result<Box<dyn Verifier>, BuildError>;
+
 /// A provider's entry in the registry.
 #[derive(Clone, Copy)]
 pub struct ProviderSpec {
@@ -123,7 +126,7 @@ pub struct ProviderSpec {
     /// Whether the scheme signs a timestamp (freshness is then enforced).
     pub signs_time: bool,
     /// Builds a route's verifier from its options and keys.
-    pub build: fn(&Options, &KeyRing, &Settings) -> Result<Box<dyn Verifier>, BuildError>,
+    pub build: BuildFn,
     /// Signs a request as the provider would (CLI `sign`/`send`, tests, benches).
     pub sign: fn(&Options, &Secret, &SignInput) -> Result<Signed, SignError>,
     /// The key a verifier needs for what `signing_key` signs: the same secret for HMAC schemes, the
