@@ -1,5 +1,7 @@
 //! Replay and idempotency state shared by the gateway's requests (and, with the Redis backend, by
-//! several gateway instances). One trait, [`ReplayStore`]; backends: [`memory`] (tests, single
+//! several gateway instances), and the durable event queue of queue-mode routes ([`queue`]:
+//! [`EventQueue`], backends [`MemoryQueue`] and [`SqliteQueue`]). For replay, one trait,
+//! [`ReplayStore`]; backends: [`memory`] (tests, single
 //! process, lost on restart) and [`sqlite`] (the embedded default). Every backend passes the same
 //! conformance suite (`conformance`, behind the `conformance` feature).
 //!
@@ -20,10 +22,21 @@ pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;
+pub mod queue;
+#[cfg(feature = "conformance")]
+pub mod queue_conformance;
+pub mod queue_memory;
+pub mod queue_sqlite;
 pub mod sqlite;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use memory::MemoryStore;
+pub use queue::{
+    Enqueued, EventQueue, EventStatus, LeaseToken, Leased, ListFilter, QueueEntry, QueueStats,
+    QueuedEvent, RouteStats, Settled,
+};
+pub use queue_memory::MemoryQueue;
+pub use queue_sqlite::{QueueOptions, SqliteQueue};
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// The app's answer to the first delivery, replayed to duplicates.
