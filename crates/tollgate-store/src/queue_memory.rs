@@ -57,11 +57,35 @@ struct State {
     events: HashMap<String, Slot>,
     /// Every event by receipt order, for `list`.
     by_seq: BTreeMap<u64, String>,
+    /// Live events by (due_ms, seq): `lease` walks this from the front instead of every event.
+    due: BTreeSet<(u64, u64)>,
     /// Live (pending or leased) events of each (route, order_key) line; the first is the head.
     lines: HashMap<(String, String), BTreeSet<u64>>,
 }
 
 impl State {
+    /// Takes `id` out of the line and due indexes before its state changes; [`State::index`]
+    /// puts it back in according to its new state. Every transition goes through this pair.
+    fn unindex(&mut self, id: &str) {
+        let Some(slot) = self.events.get(id) else {
+            return;
+        };
+        if slot.is_live() {
+            self.due.remove(&(slot.due_ms(), slot.seq));
+            self.leave_line(id);
+        }
+    }
+
+    fn index(&mut self, id: &str) {
+        let Some(slot) = self.events.get(id) else {
+            return;
+        };
+        if slot.is_live() {
+            self.due.insert((slot.due_ms(), slot.seq));
+            self.join_line(id);
+        }
+    }
+
     fn leave_line(&mut self, id: &str) {
         let Some(slot) = self.events.get(id) else {
             return;
@@ -112,6 +136,10 @@ impl State {
         error: Option<&str>,
         now: u64,
     ) -> Settled {
+        if self.held(lease).is_none() {
+            return Settled::Stale;
+        }
+        self.unindex(&lease.event.id);
         let Some(slot) = self.held(lease) else {
             return Settled::Stale;
         };
@@ -125,9 +153,7 @@ impl State {
         if let Some(e) = error {
             slot.entry.last_error = Some(e.to_owned());
         }
-        if !matches!(status, EventStatus::Pending) {
-            self.leave_line(&lease.event.id);
-        }
+        self.index(&lease.event.id);
         Settled::Applied
     }
 }
@@ -187,7 +213,7 @@ impl EventQueue for MemoryQueue {
             },
         );
         st.by_seq.insert(seq, event.id.clone());
-        st.join_line(&event.id);
+        st.index(&event.id);
         Ok(Enqueued::New)
     }
 
@@ -199,22 +225,24 @@ impl EventQueue for MemoryQueue {
     ) -> Result<Vec<Leased>, StoreError> {
         let now = self.clock.now_ms();
         let mut st = self.state.lock().await;
-        // A full scan: the memory backend serves tests and small single-process setups.
-        let mut due: Vec<(u64, u64, String)> = st
-            .events
-            .values()
-            .filter(|s| s.is_live() && s.due_ms() <= now)
+        // Only heads of their lines qualify, at most one per line, so leasing one candidate
+        // never changes whether another is a head.
+        let due: Vec<String> = st
+            .due
+            .iter()
+            .take_while(|(due_ms, _)| *due_ms <= now)
+            .filter_map(|(_, seq)| st.by_seq.get(seq).and_then(|id| st.events.get(id)))
             .filter(|s| route.map_or(true, |r| r == s.entry.event.route))
             .filter(|s| st.is_head(s))
-            .map(|s| (s.due_ms(), s.seq, s.entry.event.id.clone()))
+            .take(max)
+            .map(|s| s.entry.event.id.clone())
             .collect();
-        due.sort_unstable();
-        due.truncate(max);
         let lease_until_ms = deadline(now, lease_for);
         let mut out = Vec::with_capacity(due.len());
-        for (_, _, id) in due {
+        for id in due {
             st.next_token += 1;
             let token = LeaseToken::new(st.next_token);
+            st.unindex(&id);
             if let Some(slot) = st.events.get_mut(&id) {
                 slot.entry.status = EventStatus::Leased;
                 slot.entry.attempts = slot.entry.attempts.saturating_add(1);
@@ -227,6 +255,7 @@ impl EventQueue for MemoryQueue {
                     token,
                 });
             }
+            st.index(&id);
         }
         Ok(out)
     }
@@ -281,25 +310,26 @@ impl EventQueue for MemoryQueue {
     async fn requeue(&self, id: &str) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
         let mut st = self.state.lock().await;
-        let Some(slot) = st.events.get_mut(id) else {
-            return Ok(false);
-        };
-        let was = slot.entry.status;
-        if !matches!(was, EventStatus::Dead | EventStatus::Pending) {
+        let requeueable = st
+            .events
+            .get(id)
+            .is_some_and(|s| matches!(s.entry.status, EventStatus::Dead | EventStatus::Pending));
+        if !requeueable {
             return Ok(false);
         }
-        slot.entry.status = EventStatus::Pending;
-        slot.entry.attempts = 0;
-        slot.entry.next_attempt_at_ms = now;
-        if was == EventStatus::Dead {
-            st.join_line(id);
+        st.unindex(id);
+        if let Some(slot) = st.events.get_mut(id) {
+            slot.entry.status = EventStatus::Pending;
+            slot.entry.attempts = 0;
+            slot.entry.next_attempt_at_ms = now;
         }
+        st.index(id);
         Ok(true)
     }
 
     async fn remove(&self, id: &str) -> Result<bool, StoreError> {
         let mut st = self.state.lock().await;
-        st.leave_line(id);
+        st.unindex(id);
         match st.events.remove(id) {
             Some(slot) => {
                 st.by_seq.remove(&slot.seq);
