@@ -1,8 +1,9 @@
 //! Replay and idempotency state shared by the gateway's requests (and, with the Redis backend, by
-//! several gateway instances). One trait, [`ReplayStore`]; backends: [`memory`] (tests, single
-//! process, lost on restart), [`sqlite`] (the embedded default) and [`redis`] (shared by several
-//! instances). Every backend passes the same conformance suite (`conformance`, behind the
-//! `conformance` feature).
+//! several gateway instances), and the durable event queue of queue-mode routes ([`queue`]:
+//! [`EventQueue`], backends [`MemoryQueue`] and [`SqliteQueue`]). For replay, one trait,
+//! [`ReplayStore`]; backends: [`memory`] (tests, single process, lost on restart), [`sqlite`] (the
+//! embedded default) and [`redis`] (shared by several instances). Every backend passes the same
+//! conformance suite (`conformance`, behind the `conformance` feature).
 //!
 //! Expiry is decided against stored unix-millisecond deadlines read from an injected
 //! [`clock::Clock`], so tests move time instead of sleeping.
@@ -21,6 +22,11 @@ pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;
+pub mod queue;
+#[cfg(feature = "conformance")]
+pub mod queue_conformance;
+pub mod queue_memory;
+pub mod queue_sqlite;
 pub mod redis;
 #[cfg(feature = "conformance")]
 pub mod redis_server;
@@ -28,6 +34,12 @@ pub mod sqlite;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use memory::MemoryStore;
+pub use queue::{
+    Enqueued, EventQueue, EventStatus, LeaseToken, Leased, ListFilter, QueueEntry, QueueStats,
+    QueuedEvent, RouteStats, Settled,
+};
+pub use queue_memory::MemoryQueue;
+pub use queue_sqlite::{QueueOptions, SqliteQueue};
 pub use redis::{RedisOptions, RedisStore};
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 

@@ -123,7 +123,7 @@ fn count(reply: Reply) -> Result<u64, StoreError> {
     }
 }
 
-fn query_error(operation: &'static str, source: rusqlite::Error) -> StoreError {
+pub(crate) fn query_error(operation: &'static str, source: rusqlite::Error) -> StoreError {
     if is_corruption(&source) {
         StoreError::Corrupt(format!("SQLite {operation} failed: {source}"))
     } else {
@@ -131,7 +131,7 @@ fn query_error(operation: &'static str, source: rusqlite::Error) -> StoreError {
     }
 }
 
-fn is_corruption(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_corruption(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
@@ -281,26 +281,47 @@ impl ReplayStore for SqliteStore {
     }
 }
 
+/// An error while opening `path`: corrupt if the file is not a database, otherwise retryable.
+pub(crate) fn open_error(path: &Path, source: rusqlite::Error) -> StoreError {
+    if is_corruption(&source) {
+        StoreError::Corrupt(format!(
+            "{} is not a usable database: {source}",
+            path.display()
+        ))
+    } else {
+        StoreError::Unavailable(Box::new(SqliteError::Open {
+            path: path.to_path_buf(),
+            source,
+        }))
+    }
+}
+
 fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
-    let open_err = |source: rusqlite::Error| {
-        if is_corruption(&source) {
-            StoreError::Corrupt(format!(
-                "{} is not a usable database: {source}",
-                path.display()
-            ))
-        } else {
-            StoreError::Unavailable(Box::new(SqliteError::Open {
-                path: path.to_path_buf(),
-                source,
-            }))
-        }
-    };
+    let conn = open_wal(path, options.durability, options.busy_timeout)?;
+    migrate(&conn).map_err(|e| match e {
+        Migrate::Sqlite(source) => open_error(path, source),
+        Migrate::TooNew(v) => StoreError::Corrupt(format!(
+            "{} has schema version {v}; this tollgate reads up to {SCHEMA_VERSION}",
+            path.display()
+        )),
+    })?;
+    Ok(conn)
+}
+
+/// Opens `path` (a file or `file:` URI) in WAL mode with the synchronous level `durability`
+/// asks for; shared by every SQLite-backed structure so they agree on what "durable" means.
+pub(crate) fn open_wal(
+    path: &Path,
+    durability: Durability,
+    busy_timeout: Duration,
+) -> Result<Connection, StoreError> {
+    let open_err = |source| open_error(path, source);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_URI
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-    conn.busy_timeout(options.busy_timeout).map_err(open_err)?;
+    conn.busy_timeout(busy_timeout).map_err(open_err)?;
     // WAL lets readers of other processes (backups, `tollgate queue`) proceed during writes and
     // makes a commit one sequential append. Setting it also reads the file header, so a file that
     // is not a database fails here.
@@ -315,19 +336,12 @@ fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection, S
             )),
         })));
     }
-    let sync = match options.durability {
+    let sync = match durability {
         Durability::Always => "FULL",
         Durability::Batch => "NORMAL",
     };
     conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))
         .map_err(open_err)?;
-    migrate(&conn).map_err(|e| match e {
-        Migrate::Sqlite(source) => open_err(source),
-        Migrate::TooNew(v) => StoreError::Corrupt(format!(
-            "{} has schema version {v}; this tollgate reads up to {SCHEMA_VERSION}",
-            path.display()
-        )),
-    })?;
     Ok(conn)
 }
 
@@ -374,7 +388,7 @@ fn migrate(conn: &Connection) -> Result<(), Migrate> {
 }
 
 /// SQLite integers are signed; a saturated deadline of "forever" is clamped into range.
-fn to_sql_ms(ms: u64) -> i64 {
+pub(crate) fn to_sql_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
@@ -651,7 +665,7 @@ impl Writer {
 
 /// Headers as `count, (name_len, name, value_len, value)*` with big-endian u32 lengths: values are
 /// raw bytes (not necessarily UTF-8) and order and duplicates must survive the round trip.
-fn encode_headers(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn encode_headers(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
     let size: usize = headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
     let mut out = Vec::with_capacity(4 + size);
     out.extend_from_slice(&len_u32(headers.len()).to_be_bytes());
@@ -669,7 +683,7 @@ fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn decode_headers(mut bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+pub(crate) fn decode_headers(mut bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
         if bytes.len() < n {
             return Err(StoreError::Corrupt("stored headers are truncated".into()));

@@ -1,0 +1,945 @@
+//! The embedded default [`EventQueue`]: a table in a SQLite file in WAL mode.
+//!
+//! Same design as the replay store ([`crate::sqlite`]): SQLite calls block, so one connection
+//! lives on a dedicated writer thread that drains a channel of operations and runs everything
+//! queued meanwhile in one `BEGIN IMMEDIATE` transaction. Group commit is what makes durable
+//! enqueues cheap: with [`Durability::Always`] (`synchronous = FULL`) one fsync covers every
+//! enqueue of the batch, and with [`Durability::Batch`] (`NORMAL`) a commit is an append to the
+//! WAL that survives a process crash (not necessarily power loss). A caller hears `Ok` only after
+//! the transaction holding its operation committed; a failed batch is rolled back and replayed
+//! one operation per transaction so each caller gets its own outcome.
+//!
+//! The queue keeps its own tables (`queue_events`, `queue_meta`) and schema version (in
+//! `queue_meta`, not `PRAGMA user_version`, which belongs to the replay store), so it may share
+//! the replay store's file or have its own. `BEGIN IMMEDIATE` takes SQLite's write lock before
+//! reading, so leases stay exclusive even with several processes on one file.
+//!
+//! Nothing is reset at start-up: an event leased when the process died is due again when its
+//! lease ends (deadlines are absolute unix ms from the injected clock), which is also what makes
+//! several processes sharing a file safe.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use tokio::sync::oneshot;
+
+use crate::clock::{deadline, duration_ms, SharedClock, SystemClock};
+use crate::queue::{
+    received_cutoff, Enqueued, EventQueue, EventStatus, LeaseToken, Leased, ListFilter, QueueEntry,
+    QueueStats, QueuedEvent, RouteStats, Settled,
+};
+use crate::sqlite::{
+    decode_headers, encode_headers, open_error, open_wal, query_error, to_sql_ms, Durability,
+    SqliteError,
+};
+use crate::StoreError;
+
+/// The queue schema this code writes, kept in `queue_meta`. A newer one is refused, not misread.
+pub const QUEUE_SCHEMA_VERSION: i64 = 1;
+
+/// Most operations one transaction takes; bounds the latency a batch adds to its first caller.
+const MAX_BATCH: usize = 1024;
+
+/// Most delivered events one purge step deletes, so a purge never stalls enqueues for long.
+const PURGE_CHUNK: i64 = 2048;
+
+/// Tuning for [`SqliteQueue::open_with`].
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// When enqueues reach the disk.
+    pub durability: Durability,
+    /// How long to wait for another connection's lock before failing.
+    pub busy_timeout: Duration,
+    /// How long delivered events are kept (so a late provider retry is still recognised as a
+    /// duplicate, and for `tollgate queue ls`) before the periodic purge deletes them.
+    pub keep_delivered: Duration,
+    /// How often the writer thread purges delivered events.
+    pub purge_interval: Duration,
+    /// Where "now" comes from.
+    pub clock: SharedClock,
+}
+
+impl QueueOptions {
+    /// Defaults with the given durability and the system clock.
+    pub fn new(durability: Durability) -> Self {
+        Self {
+            durability,
+            busy_timeout: Duration::from_secs(5),
+            keep_delivered: Duration::from_secs(24 * 3600),
+            purge_interval: Duration::from_secs(60),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same options reading time from `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// SQLite-backed [`EventQueue`]. Cheap to share behind an `Arc`; dropping it stops the writer
+/// thread once the operations already queued are done.
+#[derive(Debug)]
+pub struct SqliteQueue {
+    tx: Option<mpsc::Sender<Request>>,
+    /// Fires when the writer thread has closed the connection; taken by [`SqliteQueue::close`].
+    closed: Option<oneshot::Receiver<()>>,
+    path: PathBuf,
+}
+
+impl SqliteQueue {
+    /// Opens (creating if needed) the queue in the database at `path` with default options and
+    /// the system clock. Blocks on file I/O: call it at start-up or inside `spawn_blocking`.
+    ///
+    /// `path` may be a `file:` URI (`file:/var/lib/tollgate/state.db?mode=ro` for inspection).
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with(path, QueueOptions::new(durability))
+    }
+
+    /// [`SqliteQueue::open`] with explicit options.
+    pub fn open_with(path: impl AsRef<Path>, options: QueueOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_wal(&path, options.durability, options.busy_timeout)?;
+        migrate(&conn, &path)?;
+        let (tx, rx) = mpsc::channel();
+        let (closed_tx, closed_rx) = oneshot::channel();
+        let writer = Writer {
+            conn,
+            clock: options.clock,
+            keep_delivered: options.keep_delivered,
+            purge_interval: options.purge_interval,
+        };
+        thread::Builder::new()
+            .name("tollgate-queue".into())
+            .spawn(move || {
+                writer.run(rx);
+                // The receiver is gone if the queue was dropped without `close`; nobody to tell.
+                let _ = closed_tx.send(());
+            })
+            .map_err(|e| StoreError::Unavailable(Box::new(SqliteError::Spawn(e))))?;
+        Ok(Self {
+            tx: Some(tx),
+            closed: Some(closed_rx),
+            path,
+        })
+    }
+
+    /// The path or URI this queue was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Caps the database at `pages` pages (`PRAGMA max_page_count`), so a flood fills the cap
+    /// rather than the disk; once full, enqueues fail with [`StoreError::Unavailable`] (the
+    /// gateway answers 503). Returns the cap in force, never below the current size.
+    pub async fn set_max_page_count(&self, pages: u64) -> Result<u64, StoreError> {
+        match self.call(Op::MaxPageCount(pages)).await? {
+            Reply::Count(n) => Ok(n),
+            other => Err(unexpected("max_page_count", &other)),
+        }
+    }
+
+    /// Finishes the queued operations, closes the database (checkpointing the WAL) and waits for
+    /// the writer thread to end. Dropping the queue does the same without waiting.
+    pub async fn close(mut self) {
+        self.tx = None;
+        if let Some(closed) = self.closed.take() {
+            // An error only means the thread ended without signalling; it has ended either way.
+            let _ = closed.await;
+        }
+    }
+
+    async fn call(&self, op: Op) -> Result<Reply, StoreError> {
+        let stopped = || StoreError::Unavailable(Box::new(SqliteError::WriterStopped));
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Request { op, reply })
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    async fn settle(&self, op: Op) -> Result<Settled, StoreError> {
+        match self.call(op).await? {
+            Reply::Settled(s) => Ok(s),
+            other => Err(unexpected("settle", &other)),
+        }
+    }
+
+    async fn flag(&self, op: Op) -> Result<bool, StoreError> {
+        match self.call(op).await? {
+            Reply::Flag(b) => Ok(b),
+            other => Err(unexpected("flag", &other)),
+        }
+    }
+}
+
+/// A reply of the wrong kind is a bug in the writer, reported rather than guessed around.
+fn unexpected(what: &str, reply: &Reply) -> StoreError {
+    StoreError::Corrupt(format!("queue writer answered {what} with {reply:?}"))
+}
+
+#[async_trait::async_trait]
+impl EventQueue for SqliteQueue {
+    async fn enqueue(&self, event: &QueuedEvent) -> Result<Enqueued, StoreError> {
+        match self.call(Op::Enqueue(Box::new(event.clone()))).await? {
+            Reply::Enqueued(e) => Ok(e),
+            other => Err(unexpected("enqueue", &other)),
+        }
+    }
+
+    async fn lease(
+        &self,
+        route: Option<&str>,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Vec<Leased>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        match self
+            .call(Op::Lease {
+                route: route.map(str::to_owned),
+                max,
+                lease_for,
+            })
+            .await?
+        {
+            Reply::Leased(l) => Ok(l),
+            other => Err(unexpected("lease", &other)),
+        }
+    }
+
+    async fn ack(&self, lease: &Leased) -> Result<Settled, StoreError> {
+        self.settle(Op::Settle {
+            id: lease.event.id.clone(),
+            token: lease.token,
+            to: Settle::Delivered,
+        })
+        .await
+    }
+
+    async fn retry(
+        &self,
+        lease: &Leased,
+        next_attempt_at_ms: u64,
+        error: &str,
+    ) -> Result<Settled, StoreError> {
+        self.settle(Op::Settle {
+            id: lease.event.id.clone(),
+            token: lease.token,
+            to: Settle::Retry {
+                at_ms: next_attempt_at_ms,
+                error: error.to_owned(),
+            },
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, lease: &Leased, error: &str) -> Result<Settled, StoreError> {
+        self.settle(Op::Settle {
+            id: lease.event.id.clone(),
+            token: lease.token,
+            to: Settle::Dead {
+                error: error.to_owned(),
+            },
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &ListFilter, limit: usize) -> Result<Vec<QueueEntry>, StoreError> {
+        match self
+            .call(Op::List {
+                filter: filter.clone(),
+                limit,
+            })
+            .await?
+        {
+            Reply::Entries(e) => Ok(e),
+            other => Err(unexpected("list", &other)),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<QueueEntry>, StoreError> {
+        match self.call(Op::Get(id.to_owned())).await? {
+            Reply::Entry(e) => Ok(e.map(|b| *b)),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    async fn requeue(&self, id: &str) -> Result<bool, StoreError> {
+        self.flag(Op::Requeue(id.to_owned())).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        self.flag(Op::Remove(id.to_owned())).await
+    }
+
+    async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError> {
+        match self.call(Op::PurgeDelivered(older_than)).await? {
+            Reply::Count(n) => Ok(n),
+            other => Err(unexpected("purge", &other)),
+        }
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        match self.call(Op::Stats).await? {
+            Reply::Stats(s) => Ok(s),
+            other => Err(unexpected("stats", &other)),
+        }
+    }
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let err = |e| open_error(path, e);
+    // Looked up in the schema rather than created blindly, so a read-only file whose queue exists
+    // opens without attempting a write.
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'queue_meta'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(err)?
+        > 0;
+    if exists {
+        let version: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM queue_meta WHERE name = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        return match version {
+            Some(QUEUE_SCHEMA_VERSION) => Ok(()),
+            Some(v) => Err(StoreError::Corrupt(format!(
+                "{} has queue schema version {v}; this tollgate reads up to \
+                 {QUEUE_SCHEMA_VERSION}",
+                path.display()
+            ))),
+            None => Err(StoreError::Corrupt(format!(
+                "{} has a queue_meta table without a schema version",
+                path.display()
+            ))),
+        };
+    }
+    // status: 0 pending, 1 leased, 2 delivered, 3 dead. `due_ms` is when a live event is next due
+    // (next_attempt_at_ms when pending, lease_until_ms when leased) and NULL otherwise, so one
+    // partial index serves `lease`. AUTOINCREMENT keeps `seq` (receipt order) from ever being
+    // reused after deletes, which per-key ordering relies on.
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE queue_meta (
+             name  TEXT PRIMARY KEY NOT NULL,
+             value INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         INSERT INTO queue_meta (name, value) VALUES ('schema_version', 1), ('next_lease_token', 0);
+         CREATE TABLE queue_events (
+             seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+             id                 TEXT NOT NULL UNIQUE,
+             route              TEXT NOT NULL,
+             method             TEXT NOT NULL,
+             url                TEXT NOT NULL,
+             headers            BLOB NOT NULL,
+             body               BLOB NOT NULL,
+             received_at_ms     INTEGER NOT NULL,
+             order_key          TEXT,
+             status             INTEGER NOT NULL,
+             attempts           INTEGER NOT NULL,
+             next_attempt_at_ms INTEGER NOT NULL,
+             lease_until_ms     INTEGER,
+             lease_token        INTEGER,
+             due_ms             INTEGER,
+             last_error         TEXT,
+             finished_at_ms     INTEGER
+         );
+         CREATE INDEX queue_events_due ON queue_events (due_ms, seq) WHERE status IN (0, 1);
+         CREATE INDEX queue_events_line ON queue_events (route, order_key, seq)
+             WHERE status IN (0, 1) AND order_key IS NOT NULL;
+         CREATE INDEX queue_events_stats ON queue_events (status, route, received_at_ms);
+         CREATE INDEX queue_events_finished ON queue_events (finished_at_ms) WHERE status = 2;
+         COMMIT;",
+    )
+    .inspect_err(|_| {
+        // Leave no half-open transaction behind on the connection we return an error for.
+        let _ = conn.execute_batch("ROLLBACK");
+    })
+    .map_err(err)
+}
+
+fn status_code(s: EventStatus) -> i64 {
+    match s {
+        EventStatus::Pending => 0,
+        EventStatus::Leased => 1,
+        EventStatus::Delivered => 2,
+        EventStatus::Dead => 3,
+    }
+}
+
+fn status_from_code(c: i64) -> Result<EventStatus, StoreError> {
+    match c {
+        0 => Ok(EventStatus::Pending),
+        1 => Ok(EventStatus::Leased),
+        2 => Ok(EventStatus::Delivered),
+        3 => Ok(EventStatus::Dead),
+        other => Err(StoreError::Corrupt(format!(
+            "queued event has status {other}"
+        ))),
+    }
+}
+
+/// Columns [`RawEntry::read`] expects, in order.
+const ENTRY_COLUMNS: &str = "id, route, method, url, headers, body, received_at_ms, order_key, \
+     status, attempts, next_attempt_at_ms, lease_until_ms, last_error, seq";
+
+/// A row as SQLite typed it; [`RawEntry::decode`] checks what SQLite cannot.
+struct RawEntry {
+    id: String,
+    route: String,
+    method: String,
+    url: String,
+    headers: Vec<u8>,
+    body: Vec<u8>,
+    received_at_ms: i64,
+    order_key: Option<String>,
+    status: i64,
+    attempts: i64,
+    next_attempt_at_ms: i64,
+    lease_until_ms: Option<i64>,
+    last_error: Option<String>,
+    seq: i64,
+}
+
+impl RawEntry {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            route: r.get(1)?,
+            method: r.get(2)?,
+            url: r.get(3)?,
+            headers: r.get(4)?,
+            body: r.get(5)?,
+            received_at_ms: r.get(6)?,
+            order_key: r.get(7)?,
+            status: r.get(8)?,
+            attempts: r.get(9)?,
+            next_attempt_at_ms: r.get(10)?,
+            lease_until_ms: r.get(11)?,
+            last_error: r.get(12)?,
+            seq: r.get(13)?,
+        })
+    }
+
+    fn decode(self) -> Result<QueueEntry, StoreError> {
+        let ms = |what: &str, v: i64| {
+            u64::try_from(v)
+                .map_err(|_| StoreError::Corrupt(format!("queued event has {what} = {v}")))
+        };
+        Ok(QueueEntry {
+            event: QueuedEvent {
+                headers: decode_headers(&self.headers)?,
+                received_at_ms: ms("received_at_ms", self.received_at_ms)?,
+                id: self.id,
+                route: self.route,
+                method: self.method,
+                url: self.url,
+                body: self.body,
+                order_key: self.order_key,
+            },
+            status: status_from_code(self.status)?,
+            attempts: u32::try_from(self.attempts).map_err(|_| {
+                StoreError::Corrupt(format!("queued event has attempts = {}", self.attempts))
+            })?,
+            next_attempt_at_ms: ms("next_attempt_at_ms", self.next_attempt_at_ms)?,
+            lease_until_ms: self
+                .lease_until_ms
+                .map(|v| ms("lease_until_ms", v))
+                .transpose()?,
+            last_error: self.last_error,
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Settle {
+    Delivered,
+    Retry { at_ms: u64, error: String },
+    Dead { error: String },
+}
+
+#[derive(Debug)]
+enum Op {
+    Enqueue(Box<QueuedEvent>),
+    Lease {
+        route: Option<String>,
+        max: usize,
+        lease_for: Duration,
+    },
+    Settle {
+        id: String,
+        token: LeaseToken,
+        to: Settle,
+    },
+    List {
+        filter: ListFilter,
+        limit: usize,
+    },
+    Get(String),
+    Requeue(String),
+    Remove(String),
+    PurgeDelivered(Duration),
+    Stats,
+    MaxPageCount(u64),
+}
+
+#[derive(Debug)]
+enum Reply {
+    Enqueued(Enqueued),
+    Leased(Vec<Leased>),
+    Settled(Settled),
+    Entries(Vec<QueueEntry>),
+    Entry(Option<Box<QueueEntry>>),
+    Flag(bool),
+    Count(u64),
+    Stats(QueueStats),
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+struct Writer {
+    conn: Connection,
+    clock: SharedClock,
+    keep_delivered: Duration,
+    purge_interval: Duration,
+}
+
+impl Writer {
+    fn run(self, rx: mpsc::Receiver<Request>) {
+        let mut next_purge = Instant::now() + self.purge_interval;
+        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let wait = next_purge.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(first) => batch.push(first),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // A failed periodic purge is retried next interval; delivered rows only
+                    // take space meanwhile.
+                    let _ = self.purge_periodically();
+                    next_purge = Instant::now() + self.purge_interval;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            // Whatever queued while the previous batch committed goes into this one.
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(req) => batch.push(req),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(&mut batch);
+        }
+        // Dropping the connection checkpoints the WAL into the main file.
+        drop(self.conn);
+    }
+
+    /// Runs `batch` in one transaction and answers every request only once it committed.
+    fn run_batch(&self, batch: &mut Vec<Request>) {
+        match self.try_batch(batch) {
+            Ok(replies) => {
+                for (req, reply) in batch.drain(..).zip(replies) {
+                    // A caller that gave up (its future was dropped) needs no answer.
+                    let _ = req.reply.send(Ok(reply));
+                }
+            }
+            Err(_) => {
+                self.rollback();
+                // One per transaction so each caller gets its own operation's outcome: with a
+                // nearly full disk an ack (which frees nothing but needs no page) may still
+                // succeed where an enqueue fails.
+                for req in batch.drain(..) {
+                    let result = self.try_batch(std::slice::from_ref(&req)).map_or_else(
+                        |e| {
+                            self.rollback();
+                            Err(e)
+                        },
+                        |mut r| {
+                            r.pop().ok_or_else(|| {
+                                StoreError::Corrupt("empty reply from a batch of one".into())
+                            })
+                        },
+                    );
+                    let _ = req.reply.send(result);
+                }
+            }
+        }
+    }
+
+    fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            // SQLite may already have rolled back (it does on SQLITE_FULL); an error here only
+            // means there was nothing left to undo.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn try_batch(&self, batch: &[Request]) -> Result<Vec<Reply>, StoreError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| query_error("begin", e))?;
+        let mut replies = Vec::with_capacity(batch.len());
+        for req in batch {
+            replies.push(self.apply(&req.op)?);
+        }
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| query_error("commit", e))?;
+        Ok(replies)
+    }
+
+    fn apply(&self, op: &Op) -> Result<Reply, StoreError> {
+        let now = self.clock.now_ms();
+        match op {
+            Op::Enqueue(event) => self.enqueue(event, now).map(Reply::Enqueued),
+            Op::Lease {
+                route,
+                max,
+                lease_for,
+            } => self
+                .lease(route.as_deref(), *max, *lease_for, now)
+                .map(Reply::Leased),
+            Op::Settle { id, token, to } => self.settle(id, *token, to, now).map(Reply::Settled),
+            Op::List { filter, limit } => self.list(filter, *limit, now).map(Reply::Entries),
+            Op::Get(id) => self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM queue_events WHERE id = ?1"
+                ))
+                .and_then(|mut s| s.query_row(params![id], RawEntry::read).optional())
+                .map_err(|e| query_error("get", e))?
+                .map(|raw| raw.decode().map(Box::new))
+                .transpose()
+                .map(Reply::Entry),
+            Op::Requeue(id) => self
+                .conn
+                .prepare_cached(
+                    "UPDATE queue_events SET status = 0, attempts = 0, next_attempt_at_ms = ?2,
+                         due_ms = ?2, lease_until_ms = NULL, lease_token = NULL,
+                         finished_at_ms = NULL
+                     WHERE id = ?1 AND status IN (0, 3)",
+                )
+                .and_then(|mut s| s.execute(params![id, to_sql_ms(now)]))
+                .map(|n| Reply::Flag(n > 0))
+                .map_err(|e| query_error("requeue", e)),
+            Op::Remove(id) => self
+                .conn
+                .prepare_cached("DELETE FROM queue_events WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id]))
+                .map(|n| Reply::Flag(n > 0))
+                .map_err(|e| query_error("remove", e)),
+            Op::PurgeDelivered(older_than) => self
+                .purge(now.saturating_sub(duration_ms(*older_than)), i64::MAX)
+                .map(Reply::Count),
+            Op::Stats => self.stats(now).map(Reply::Stats),
+            Op::MaxPageCount(pages) => self
+                .conn
+                .query_row(
+                    &format!("PRAGMA max_page_count = {}", to_sql_ms(*pages)),
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| Reply::Count(u64::try_from(n).unwrap_or(0)))
+                .map_err(|e| query_error("max_page_count", e)),
+        }
+    }
+
+    fn enqueue(&self, e: &QueuedEvent, now: u64) -> Result<Enqueued, StoreError> {
+        let now = to_sql_ms(now);
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO queue_events (id, route, method, url, headers, body, received_at_ms,
+                     order_key, status, attempts, next_attempt_at_ms, due_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?9)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    e.id,
+                    e.route,
+                    e.method,
+                    e.url,
+                    encode_headers(&e.headers),
+                    e.body,
+                    to_sql_ms(e.received_at_ms),
+                    e.order_key,
+                    now,
+                ])
+            })
+            .map_err(|err| query_error("enqueue", err))?;
+        Ok(if n == 0 {
+            Enqueued::Duplicate
+        } else {
+            Enqueued::New
+        })
+    }
+
+    fn lease(
+        &self,
+        route: Option<&str>,
+        max: usize,
+        lease_for: Duration,
+        now: u64,
+    ) -> Result<Vec<Leased>, StoreError> {
+        // Only a line's head qualifies: an event is skipped while an earlier event of its
+        // (route, order_key) is pending or leased. Evaluated on one snapshot, so one call never
+        // returns two events of a line either.
+        let raws = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM queue_events e
+                 WHERE e.status IN (0, 1) AND e.due_ms <= ?1
+                   AND (?2 IS NULL OR e.route = ?2)
+                   AND (e.order_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM queue_events h
+                        WHERE h.route = e.route AND h.order_key = e.order_key
+                          AND h.status IN (0, 1) AND h.seq < e.seq))
+                 ORDER BY e.due_ms, e.seq
+                 LIMIT ?3"
+            ))
+            .and_then(|mut s| {
+                s.query_map(
+                    params![
+                        to_sql_ms(now),
+                        route,
+                        i64::try_from(max).unwrap_or(i64::MAX)
+                    ],
+                    RawEntry::read,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| query_error("lease select", e))?;
+        if raws.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Tokens come from a counter in the file, so they stay unique across restarts and across
+        // processes sharing the file (the write lock is held).
+        let last_token: i64 = self
+            .conn
+            .prepare_cached(
+                "UPDATE queue_meta SET value = value + ?1 WHERE name = 'next_lease_token'
+                 RETURNING value",
+            )
+            .and_then(|mut s| s.query_row(params![raws.len() as i64], |r| r.get(0)))
+            .map_err(|e| query_error("lease token", e))?;
+        let first_token = last_token - raws.len() as i64 + 1;
+        let lease_until_ms = deadline(now, lease_for);
+        let mut update = self
+            .conn
+            .prepare_cached(
+                "UPDATE queue_events SET status = 1, attempts = attempts + 1,
+                     lease_until_ms = ?2, due_ms = ?2, lease_token = ?3
+                 WHERE seq = ?1",
+            )
+            .map_err(|e| query_error("lease update", e))?;
+        let mut out = Vec::with_capacity(raws.len());
+        for (i, raw) in raws.into_iter().enumerate() {
+            let seq = raw.seq;
+            let token = first_token + i as i64;
+            let entry = raw.decode()?;
+            update
+                .execute(params![seq, to_sql_ms(lease_until_ms), token])
+                .map_err(|e| query_error("lease update", e))?;
+            out.push(Leased {
+                attempts: entry.attempts.saturating_add(1),
+                event: entry.event,
+                lease_until_ms,
+                token: LeaseToken::new(u64::try_from(token).map_err(|_| {
+                    StoreError::Corrupt(format!("lease token counter is at {token}"))
+                })?),
+            });
+        }
+        Ok(out)
+    }
+
+    fn settle(
+        &self,
+        id: &str,
+        token: LeaseToken,
+        to: &Settle,
+        now: u64,
+    ) -> Result<Settled, StoreError> {
+        // Every variant matches on the token, so a superseded lease changes nothing.
+        let token = to_sql_ms(token.get());
+        let now = to_sql_ms(now);
+        let n = match to {
+            Settle::Delivered => self
+                .conn
+                .prepare_cached(
+                    "UPDATE queue_events SET status = 2, finished_at_ms = ?3, due_ms = NULL,
+                         lease_until_ms = NULL, lease_token = NULL
+                     WHERE id = ?1 AND status = 1 AND lease_token = ?2",
+                )
+                .and_then(|mut s| s.execute(params![id, token, now])),
+            Settle::Retry { at_ms, error } => self
+                .conn
+                .prepare_cached(
+                    "UPDATE queue_events SET status = 0, next_attempt_at_ms = ?3, due_ms = ?3,
+                         last_error = ?4, lease_until_ms = NULL, lease_token = NULL
+                     WHERE id = ?1 AND status = 1 AND lease_token = ?2",
+                )
+                .and_then(|mut s| s.execute(params![id, token, to_sql_ms(*at_ms), error])),
+            Settle::Dead { error } => self
+                .conn
+                .prepare_cached(
+                    "UPDATE queue_events SET status = 3, finished_at_ms = ?3, last_error = ?4,
+                         due_ms = NULL, lease_until_ms = NULL, lease_token = NULL
+                     WHERE id = ?1 AND status = 1 AND lease_token = ?2",
+                )
+                .and_then(|mut s| s.execute(params![id, token, now, error])),
+        }
+        .map_err(|e| query_error("settle", e))?;
+        Ok(if n == 0 {
+            Settled::Stale
+        } else {
+            Settled::Applied
+        })
+    }
+
+    fn list(
+        &self,
+        filter: &ListFilter,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        let cutoff = filter
+            .older_than
+            .map(|d| to_sql_ms(received_cutoff(now, d)));
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM queue_events
+                 WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR status = ?2)
+                   AND (?3 IS NULL OR received_at_ms <= ?3)
+                 ORDER BY seq LIMIT ?4"
+            ))
+            .and_then(|mut s| {
+                s.query_map(
+                    params![
+                        filter.route,
+                        filter.status.map(status_code),
+                        cutoff,
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    RawEntry::read,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| query_error("list", e))?
+            .into_iter()
+            .map(RawEntry::decode)
+            .collect()
+    }
+
+    fn stats(&self, now: u64) -> Result<QueueStats, StoreError> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT route, status, count(*), min(received_at_ms) FROM queue_events
+                 WHERE status IN (0, 1, 3) GROUP BY route, status ORDER BY route",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| query_error("stats", e))?;
+        let mut out: Vec<RouteStats> = Vec::new();
+        for (route, status, count, oldest) in rows {
+            if out.last().map_or(true, |r| r.route != route) {
+                out.push(RouteStats {
+                    route,
+                    ..RouteStats::default()
+                });
+            }
+            let Some(r) = out.last_mut() else {
+                continue;
+            };
+            let count = u64::try_from(count).unwrap_or(0);
+            match status_from_code(status)? {
+                EventStatus::Pending => r.pending = count,
+                EventStatus::Leased => r.leased = count,
+                EventStatus::Dead => {
+                    r.dead = count;
+                    continue;
+                }
+                EventStatus::Delivered => continue,
+            }
+            let age = Duration::from_millis(now.saturating_sub(u64::try_from(oldest).unwrap_or(0)));
+            r.oldest_undelivered_age = Some(r.oldest_undelivered_age.map_or(age, |a| a.max(age)));
+        }
+        Ok(QueueStats { routes: out })
+    }
+
+    /// Deletes up to `limit` delivered events finished at or before `cutoff_ms`, in chunks.
+    fn purge(&self, cutoff_ms: u64, limit: i64) -> Result<u64, StoreError> {
+        let mut total: u64 = 0;
+        loop {
+            let chunk = PURGE_CHUNK.min(limit.saturating_sub(i64::try_from(total).unwrap_or(0)));
+            if chunk <= 0 {
+                return Ok(total);
+            }
+            let n = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM queue_events WHERE seq IN
+                         (SELECT seq FROM queue_events
+                          WHERE status = 2 AND finished_at_ms <= ?1 LIMIT ?2)",
+                )
+                .and_then(|mut s| s.execute(params![to_sql_ms(cutoff_ms), chunk]))
+                .map_err(|e| query_error("purge", e))?;
+            total += n as u64;
+            if (n as i64) < chunk {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The periodic purge: one chunk per transaction so queued enqueues interleave with it.
+    fn purge_periodically(&self) -> Result<(), StoreError> {
+        loop {
+            let cutoff = self
+                .clock
+                .now_ms()
+                .saturating_sub(duration_ms(self.keep_delivered));
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| query_error("begin", e))?;
+            let n = self
+                .purge(cutoff, PURGE_CHUNK)
+                .inspect_err(|_| self.rollback())?;
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(|e| query_error("commit", e))
+                .inspect_err(|_| self.rollback())?;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Runs the shared queue conformance suite against every queue backend of this crate. Adding a
+//! backend is one `make_*` function and one `queue_conformance_suite!` line.
+
+use std::sync::Arc;
+
+use tollgate_store::queue_conformance::QueueSubject;
+use tollgate_store::{Durability, ManualClock, MemoryQueue, QueueOptions, SqliteQueue};
+
+async fn memory(clock: Arc<ManualClock>) -> QueueSubject {
+    QueueSubject::new(MemoryQueue::with_clock(clock))
+}
+
+fn sqlite(clock: Arc<ManualClock>, durability: Durability) -> QueueSubject {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let queue = SqliteQueue::open_with(
+        dir.path().join("queue.db"),
+        QueueOptions::new(durability).with_clock(clock),
+    )
+    .expect("open SQLite queue");
+    QueueSubject::new(queue).keep_alive(dir)
+}
+
+async fn sqlite_always(clock: Arc<ManualClock>) -> QueueSubject {
+    sqlite(clock, Durability::Always)
+}
+
+async fn sqlite_batch(clock: Arc<ManualClock>) -> QueueSubject {
+    sqlite(clock, Durability::Batch)
+}
+
+tollgate_store::queue_conformance_suite!(memory_queue, memory);
+tollgate_store::queue_conformance_suite!(sqlite_always_queue, sqlite_always);
+tollgate_store::queue_conformance_suite!(sqlite_batch_queue, sqlite_batch);
