@@ -1,7 +1,5 @@
 //! Replay and idempotency state shared by the gateway's requests (and, with the Redis backend, by
-//! several gateway instances), and the durable event queue of queue-mode routes ([`queue`]:
-//! [`EventQueue`], backends [`MemoryQueue`] and [`SqliteQueue`]). For replay, one trait,
-//! [`ReplayStore`]; backends: [`memory`] (tests, single
+//! several gateway instances). One trait, [`ReplayStore`]; backends: [`memory`] (tests, single
 //! process, lost on restart) and [`sqlite`] (the embedded default). Every backend passes the same
 //! conformance suite (`conformance`, behind the `conformance` feature).
 //!
@@ -14,6 +12,10 @@
 //! so a provider retry gets the same TwiML. If forwarding fails, [`ReplayStore::release`] lets the
 //! provider's retry through. An in-flight claim expires after its lease so a crash cannot block an
 //! event forever.
+//!
+//! The crate also holds the durable event queue of queue-mode routes: one trait, [`EventQueue`]
+//! (see [`queue`] for its guarantees), backends [`MemoryQueue`] and [`SqliteQueue`], held to their
+//! own suite (`queue_conformance`, behind the same feature).
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
