@@ -198,14 +198,14 @@ load() { # label target-port extra-args...
 }
 
 RESULTS="$WORK/results.tsv"
-printf 'round\tname\trate\trps\tp50\tp99\tp999\tanswered\tok\terrors\treplayed\tcpu_us\tup_cpu_us\trss_kb\thwm_kb\n' >"$RESULTS"
+printf 'round\tname\trate\trps\tp50\tp99\tp999\tanswered\tok\terrors\treplayed\tcpu_us\tup_cpu_us\trss_kb\thwm_kb\tlate\n' >"$RESULTS"
 
 # measure <round> <name> [rate]: start, warm up, measure, record, stop.
 measure() {
     local round=$1 name=$2 rate=${3:-} extra=() out c0 u0 c1 u1 line
     [[ -n $rate ]] && extra=(--rate "$rate")
     "start_$name"
-    load "$name-warmup" "$TARGET_PORT" -d "$WARMUP" -n "$REQUESTS" "${extra[@]}" >"$WORK/warmup.out" 2>&1 ||
+    load "$name-warmup" "$TARGET_PORT" -d "$WARMUP" -n $((REQUESTS / 3)) "${extra[@]}" >"$WORK/warmup.out" 2>&1 ||
         { cat "$WORK/warmup.out" >&2; return 1; }
     out="$WORK/r$round-$name${rate:+-$rate}.out"
     # Pre-signing happens before the clock starts (the server idles meanwhile).
@@ -221,20 +221,20 @@ measure() {
     line=$(grep '^RESULT ' "$out") || { cat "$out" >&2; return 1; }
     grep -v '^RESULT ' "$out" | grep -v '^bench:' >&2 || true
     # key=value pairs of the RESULT line
-    local rps p50 p99 p999 answered ok errors replayed kv
+    local rps p50 p99 p999 answered ok errors replayed late kv
     for kv in $line; do
         case $kv in
         rps=*) rps=${kv#*=} ;; p50_ms=*) p50=${kv#*=} ;; p99_ms=*) p99=${kv#*=} ;;
         p999_ms=*) p999=${kv#*=} ;; answered=*) answered=${kv#*=} ;; ok=*) ok=${kv#*=} ;;
-        errors=*) errors=${kv#*=} ;; replayed=*) replayed=${kv#*=} ;;
+        errors=*) errors=${kv#*=} ;; replayed=*) replayed=${kv#*=} ;; late=*) late=${kv#*=} ;;
         esac
     done
     local cpu up_cpu
     cpu=$(awk -v d=$((c1 - c0)) -v n="$answered" -v t="$TICK" 'BEGIN{printf "%.1f", n ? d * 1e6 / t / n : 0}')
     up_cpu=$(awk -v d=$((u1 - u0)) -v n="$answered" -v t="$TICK" 'BEGIN{printf "%.1f", n ? d * 1e6 / t / n : 0}')
     [[ $name == direct ]] && up_cpu=0
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "${rate:-max}" \
-        "$rps" "$p50" "$p99" "$p999" "$answered" "$ok" "$errors" "$replayed" "$cpu" "$up_cpu" "$rss" "$hwm" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "${rate:-max}" \
+        "$rps" "$p50" "$p99" "$p999" "$answered" "$ok" "$errors" "$replayed" "$cpu" "$up_cpu" "$rss" "$hwm" "$late" >>"$RESULTS"
     if [[ $name != direct ]]; then stop "${SERVER_PIDS[0]}"; fi
 }
 

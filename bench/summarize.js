@@ -83,14 +83,15 @@ if (halfRate) {
   p();
   p(`### At half of (a)'s peak: ${halfRate} rps offered (open loop)`);
   p();
-  p('| target | achieved rps | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | p99 added over (a) ms |');
-  p('|---|---:|---:|---:|---:|---:|---:|');
+  p('| target | achieved rps | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | p99 added over (a) ms | sent > 1 ms late |');
+  p('|---|---:|---:|---:|---:|---:|---:|---:|');
   const a99 = med('direct', halfRate, 'p99');
   for (const n of names) {
     if (!groups.has(`${n}@${halfRate}`)) continue;
     const added = n === 'direct' ? '–' : f(med(n, halfRate, 'p99') - a99, 2);
     p(`| ${LABEL[n] || n} | ${f(med(n, halfRate, 'rps'))} | ${f(med(n, halfRate, 'p50'), 2)} | ${f(med(n, halfRate, 'p99'), 2)} | ` +
-      `${f(med(n, halfRate, 'p999'), 2)} | ${f(med(n, halfRate, 'cpu_us'), 1)} | ${added} |`);
+      `${f(med(n, halfRate, 'p999'), 2)} | ${f(med(n, halfRate, 'cpu_us'), 1)} | ${added} | ` +
+      `${f((100 * med(n, halfRate, 'late')) / med(n, halfRate, 'answered'), 1)} % |`);
   }
   p();
   for (const c of ['tollgate-sqlite', 'tollgate-memory']) {
