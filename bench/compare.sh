@@ -7,7 +7,8 @@
 #   (d) express  one Node process: Express + the official twilio.webhook() middleware
 # Every request is a distinct, validly signed ~960-byte Twilio voice webhook, pre-signed by
 # `tollgate bench load` for https://hooks.example.com/hooks/twilio; the same requests go to every target.
-# Then an open-loop run at half of (a)'s peak rate gives the p99 latency tollgate adds.
+# Then open-loop runs at half of (a)'s peak rate, and at half of the slowest tollgate's peak, give
+# the p99 latency tollgate adds over (a) at the same offered rate.
 #
 # Usage: bench/compare.sh            (from anywhere; needs cargo, nginx, node + npm)
 # Knobs (environment): DURATION=10 (s per measured run)  WARMUP=2 (s)  CONNS=64  ROUNDS=3
@@ -247,10 +248,13 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
+median_rps() { # name: median closed-loop rps over the rounds
+    awk -F'\t' -v n="$1" '$2 == n && $3 == "max" {print $4}' "$RESULTS" | sort -n |
+        awk '{a[NR] = $1} END {if (NR) printf "%d", a[int((NR + 1) / 2)]}'
+}
 # Half of (a)'s peak (median over the rounds), open loop, same connections.
 if has direct; then
-    HALF=$(awk -F'\t' '$2 == "direct" && $3 == "max" {print $4}' "$RESULTS" | sort -n |
-        awk '{a[NR] = $1} END {printf "%d", a[int((NR + 1) / 2)] / 2}')
+    HALF=$(($(median_rps direct) / 2))
     for round in $(seq 1 "$ROUNDS"); do
         for name in $ONLY; do
             [[ $name == express ]] && continue # it cannot reach this rate
@@ -259,10 +263,27 @@ if has direct; then
         done
     done
 fi
+# Half of (a)'s peak may be more than tollgate sustains; then the added latency is queueing. So
+# also compare at half of the slowest tollgate configuration's peak, a rate every target sustains.
+LOW=0
+for name in $ONLY; do
+    [[ $name == tollgate-* ]] || continue
+    m=$(median_rps "$name")
+    if [[ -n $m ]] && ((LOW == 0 || m / 2 < LOW)); then LOW=$((m / 2)); fi
+done
+if has direct && [[ ${LOW:-0} -gt 0 && ${LOW} -lt ${HALF:-0} ]]; then
+    for round in $(seq 1 "$ROUNDS"); do
+        for name in $ONLY; do
+            [[ $name == express ]] && continue
+            log "round $round: $name at $LOW rps"
+            measure "$round" "$name" "$LOW"
+        done
+    done
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 REPORT="$WORK/report.md"
-node "$ROOT/bench/summarize.js" "$RESULTS" "$LOAD_BEFORE" "$LOAD_AFTER" "$DURATION" "$CONNS" "$ROUNDS" >"$REPORT"
+node "$ROOT/bench/summarize.js" "$RESULTS" "$LOAD_BEFORE" "$LOAD_AFTER" "$DURATION" "$CONNS" "$ROUNDS" "${HALF:-}" >"$REPORT"
 cat "$REPORT"
 if [[ -n "${OUT:-}" ]]; then
     cp "$REPORT" "$OUT"
