@@ -35,6 +35,9 @@ enum Command {
     /// A tiny app that prints what tollgate forwards and checks tollgate's signature (quick start).
     #[command(hide = true)]
     DemoUpstream(cmd::demo::Args),
+    /// Load tool and minimal upstream for bench/compare.sh.
+    #[command(hide = true)]
+    Bench(cmd::bench::Args),
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::DemoUpstream(a) => cmd::demo::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
