@@ -403,7 +403,11 @@ fn report(args: &LoadArgs, mut t: Tally, elapsed: f64, sent: usize) {
         pct(&t.lat_us, 0.99),
         pct(&t.lat_us, 0.999),
     );
-    let max = t.lat_us.last().map(|&m| f64::from(m) / 1000.0).unwrap_or(0.0);
+    let max = t
+        .lat_us
+        .last()
+        .map(|&m| f64::from(m) / 1000.0)
+        .unwrap_or(0.0);
     let mean = if done == 0 {
         0.0
     } else {
