@@ -37,6 +37,9 @@ enum Command {
     /// A tiny app that prints what tollgate forwards and checks tollgate's signature (quick start).
     #[command(hide = true)]
     DemoUpstream(cmd::demo::Args),
+    /// Load tool and minimal upstream for bench/compare.sh.
+    #[command(hide = true)]
+    Bench(cmd::bench::Args),
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::run(a),
         Command::Queue(a) => cmd::queue::run(a),
         Command::DemoUpstream(a) => cmd::demo::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

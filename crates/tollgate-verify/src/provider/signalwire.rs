@@ -24,7 +24,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::twilio::{
-    body_hash_matches, body_sha256_param, canonical_order, feed_params, KeyedMac, Repeats,
+    body_hash_matches, body_sha256_param, canonical_order, canonical_params, feed_params, KeyedMac,
+    Repeats,
 };
 use super::{
     no_lints, parse_options, same_key, Options, ProviderSpec, Settings, SignInput, Signed, Verifier,
@@ -207,8 +208,8 @@ impl SignalWire {
         tag: &[u8],
     ) -> Result<Verified, Reject> {
         // The SDK parses every body as a form, whatever its content type.
-        let pairs = form::parse(req.body);
-        let order = canonical_order(&pairs, Repeats::SubmissionOrder);
+        let pairs = form::Decoded::parse(req.body);
+        let params = canonical_params(&pairs, &canonical_order(&pairs, Repeats::SubmissionOrder));
         let mut hash_mismatch = false;
         for candidate in candidate_urls(req.url) {
             let body_hash = Url::parse(&candidate)
@@ -228,7 +229,7 @@ impl SignalWire {
                     let mut mac = key.state.sha1.clone();
                     mac.update(candidate.as_bytes());
                     if with_params {
-                        feed_params(&pairs, &order, |b| mac.update(b));
+                        mac.update(&params);
                     }
                     mac.verify(tag)
                 });
@@ -319,7 +320,7 @@ fn sign(opts: &Options, secret: &Secret, input: &SignInput) -> Result<Signed, Si
     if is_form(input.content_type.as_deref()) {
         let mut mac = KeyedMac::sha1(key)?;
         mac.update(input.url.as_bytes());
-        let pairs = form::parse(&input.body);
+        let pairs = form::Decoded::parse(&input.body);
         let order = canonical_order(&pairs, Repeats::SubmissionOrder);
         feed_params(&pairs, &order, |b| mac.update(b));
         headers.push((SIGNATURE.to_owned(), b64(&mac.finalize())));

@@ -1,5 +1,6 @@
 //! One module per subcommand: each has an `Args` (clap) and a `run` returning the exit code.
 
+pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod keygen;
