@@ -178,6 +178,45 @@ pub struct KeyInfo {
 pub enum Mode {
     /// Forward synchronously; the app's answer goes back to the provider.
     Proxy,
+    /// Store durably, answer the provider with a static response, deliver in the background
+    /// (settings in [`Route::queue`]).
+    Queue,
+}
+
+/// The static answer of a queue-mode route, given once the event is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticResponse {
+    /// HTTP status, always 2xx (anything else would make the provider retry).
+    pub status: u16,
+    /// `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// Body.
+    pub body: String,
+}
+
+/// Delivery settings of a queue-mode route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// What the provider gets once the event is stored.
+    pub response: StaticResponse,
+    /// Delivery attempts before the event is dead-lettered (at least 1).
+    pub max_attempts: u32,
+    /// Age since receipt after which a failing event is dead-lettered instead of retried.
+    pub max_age_secs: u64,
+    /// Deliveries of this route in flight at once (at least 1).
+    pub concurrency: u32,
+    /// Form or JSON body field whose value orders delivery, if any.
+    pub order_key: Option<String>,
+    /// Nominal first retry delay; doubles per attempt up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    /// Largest nominal retry delay.
+    pub retry_max_ms: u64,
+    /// A 4xx answer other than 408/429 dead-letters at once (else it is retried).
+    pub dead_letter_on_4xx: bool,
+    /// Consecutive failures that open the route's circuit breaker; 0 disables it.
+    pub breaker_failures: u32,
+    /// While the breaker is open, one probe delivery per this interval.
+    pub breaker_probe_ms: u64,
 }
 
 /// One validated route.
@@ -213,6 +252,8 @@ pub struct Route {
     pub app_secret: Option<(Secret, SecretSource)>,
     /// Delivery mode.
     pub mode: Mode,
+    /// Queue-mode settings; `Some` exactly when `mode` is [`Mode::Queue`].
+    pub queue: Option<QueueSettings>,
 }
 
 /// A validated config.
@@ -271,6 +312,24 @@ pub mod defaults {
     pub const UPSTREAM_TIMEOUT_MS: u64 = 10_000;
     /// `state.path`.
     pub const STATE_PATH: &str = "tollgate.db";
+    /// `route.response.status` (queue mode).
+    pub const QUEUE_RESPONSE_STATUS: u16 = 200;
+    /// `route.max_attempts` (queue mode).
+    pub const MAX_ATTEMPTS: u32 = 10;
+    /// `route.max_age_secs` (queue mode).
+    pub const MAX_AGE_SECS: u64 = 86_400;
+    /// `route.concurrency` (queue mode).
+    pub const CONCURRENCY: u32 = 8;
+    /// Largest `route.concurrency`.
+    pub const MAX_CONCURRENCY: u32 = 1024;
+    /// `route.retry_initial_ms` (queue mode).
+    pub const RETRY_INITIAL_MS: u64 = 1_000;
+    /// `route.retry_max_ms` (queue mode).
+    pub const RETRY_MAX_MS: u64 = 300_000;
+    /// `route.breaker_failures` (queue mode).
+    pub const BREAKER_FAILURES: u32 = 5;
+    /// `route.breaker_probe_ms` (queue mode).
+    pub const BREAKER_PROBE_MS: u64 = 5_000;
 }
 
 /// Collects errors with file, line and path.
@@ -337,40 +396,7 @@ impl Config {
             key: PathBuf::from(&t.key),
             client_ca: t.client_ca.as_ref().map(PathBuf::from),
         });
-        let state = match raw.state.backend.as_deref().unwrap_or("sqlite") {
-            "sqlite" => StateBackend::Sqlite {
-                path: PathBuf::from(raw.state.path.as_deref().unwrap_or(defaults::STATE_PATH)),
-                fsync: match raw.state.fsync.as_deref() {
-                    None | Some("always") => Fsync::Always,
-                    Some("batch") => Fsync::Batch,
-                    Some(other) => {
-                        errs.push(
-                            None,
-                            "state.fsync",
-                            format!("unknown value {other:?}; use \"always\" or \"batch\""),
-                        );
-                        Fsync::Always
-                    }
-                },
-            },
-            "memory" => StateBackend::Memory,
-            "redis" => {
-                errs.push(
-                    None,
-                    "state.backend",
-                    "\"redis\" is not available yet; use \"sqlite\" or \"memory\"",
-                );
-                StateBackend::Memory
-            }
-            other => {
-                errs.push(
-                    None,
-                    "state.backend",
-                    format!("unknown backend {other:?}; use \"sqlite\" or \"memory\""),
-                );
-                StateBackend::Memory
-            }
-        };
+        let state = state(&raw.state, &mut errs);
         if raw.route.is_empty() {
             errs.push(
                 None,
@@ -416,6 +442,70 @@ impl Config {
     /// The route named `name`.
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+/// `[state]`, validated.
+fn state(raw: &raw::RawState, errs: &mut Errors<'_>) -> StateBackend {
+    match raw.backend.as_deref().unwrap_or("sqlite") {
+        "sqlite" => StateBackend::Sqlite {
+            path: PathBuf::from(raw.path.as_deref().unwrap_or(defaults::STATE_PATH)),
+            fsync: match raw.fsync.as_deref() {
+                None | Some("always") => Fsync::Always,
+                Some("batch") => Fsync::Batch,
+                Some(other) => {
+                    errs.push(
+                        None,
+                        "state.fsync",
+                        format!("unknown value {other:?}; use \"always\" or \"batch\""),
+                    );
+                    Fsync::Always
+                }
+            },
+        },
+        "memory" => StateBackend::Memory,
+        "redis" => {
+            errs.push(
+                None,
+                "state.backend",
+                "\"redis\" is not available yet; use \"sqlite\" or \"memory\"",
+            );
+            StateBackend::Memory
+        }
+        other => {
+            errs.push(
+                None,
+                "state.backend",
+                format!("unknown backend {other:?}; use \"sqlite\" or \"memory\""),
+            );
+            StateBackend::Memory
+        }
+    }
+}
+
+/// Loads only `[state]` of a file: what `tollgate queue` needs to find the queue, without
+/// requiring the routes' secrets to be present.
+pub fn load_state(path: &Path) -> Result<StateBackend, ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            origin: origin.clone(),
+            line: None,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let raw = parse_raw(&text, &origin)?;
+    let mut errs = Errors {
+        origin: &origin,
+        text: &text,
+        list: Vec::new(),
+    };
+    let state = state(&raw.state, &mut errs);
+    if errs.list.is_empty() {
+        Ok(state)
+    } else {
+        Err(ConfigErrors(errs.list))
     }
 }
 
@@ -713,19 +803,17 @@ fn route(
     };
     let mode = match r.mode.as_deref() {
         None | Some("proxy") => Mode::Proxy,
-        Some("queue") => {
-            errs.push(span.clone(), p("mode"), "\"queue\" is not available yet (durable delivery comes with its own release); use \"proxy\"");
-            Mode::Proxy
-        }
+        Some("queue") => Mode::Queue,
         Some(other) => {
             errs.push(
                 span.clone(),
                 p("mode"),
-                format!("unknown mode {other:?}; use \"proxy\""),
+                format!("unknown mode {other:?}; use \"proxy\" or \"queue\""),
             );
             Mode::Proxy
         }
     };
+    let queue = queue_settings(r, mode, &p, span.clone(), errs);
     let app_secret =
         r.app_secret
             .as_deref()
@@ -793,6 +881,108 @@ fn route(
         strip_prefix: r.strip_prefix,
         app_secret,
         mode,
+        queue,
+    })
+}
+
+/// The queue keys of a route: validated for `mode = "queue"`, refused for a proxy route (where
+/// they would silently do nothing).
+fn queue_settings(
+    r: &RawRoute,
+    mode: Mode,
+    p: &dyn Fn(&str) -> String,
+    span: Option<std::ops::Range<usize>>,
+    errs: &mut Errors<'_>,
+) -> Option<QueueSettings> {
+    let set: Vec<&str> = [
+        ("response", r.response.is_some()),
+        ("max_attempts", r.max_attempts.is_some()),
+        ("max_age_secs", r.max_age_secs.is_some()),
+        ("concurrency", r.concurrency.is_some()),
+        ("order_key", r.order_key.is_some()),
+        ("retry_initial_ms", r.retry_initial_ms.is_some()),
+        ("retry_max_ms", r.retry_max_ms.is_some()),
+        ("dead_letter_on_4xx", r.dead_letter_on_4xx.is_some()),
+        ("breaker_failures", r.breaker_failures.is_some()),
+        ("breaker_probe_ms", r.breaker_probe_ms.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, is_set)| is_set.then_some(k))
+    .collect();
+    if mode != Mode::Queue {
+        for k in set {
+            errs.push(span.clone(), p(k), "only applies to mode = \"queue\"");
+        }
+        return None;
+    }
+    let mut bad = |k: &str, msg: &str| errs.push(span.clone(), p(k), msg.to_owned());
+    let response = match &r.response {
+        None => StaticResponse {
+            status: defaults::QUEUE_RESPONSE_STATUS,
+            content_type: None,
+            body: String::new(),
+        },
+        Some(raw) => {
+            let status = raw.status.unwrap_or(defaults::QUEUE_RESPONSE_STATUS);
+            if !(200..300).contains(&status) {
+                bad(
+                    "response.status",
+                    "must be 2xx: any other answer makes the provider retry an event already stored",
+                );
+            }
+            if let Some(ct) = &raw.content_type {
+                if http::HeaderValue::from_str(ct).is_err() {
+                    bad("response.content_type", "is not a valid header value");
+                }
+            }
+            StaticResponse {
+                status,
+                content_type: raw.content_type.clone(),
+                body: raw.body.clone().unwrap_or_default(),
+            }
+        }
+    };
+    let max_attempts = r.max_attempts.unwrap_or(defaults::MAX_ATTEMPTS);
+    if max_attempts == 0 {
+        bad("max_attempts", "must be at least 1");
+    }
+    let max_age_secs = r.max_age_secs.unwrap_or(defaults::MAX_AGE_SECS);
+    if max_age_secs == 0 {
+        bad("max_age_secs", "must be greater than 0");
+    }
+    let concurrency = r.concurrency.unwrap_or(defaults::CONCURRENCY);
+    if concurrency == 0 || concurrency > defaults::MAX_CONCURRENCY {
+        bad("concurrency", "must be between 1 and 1024");
+    }
+    let order_key = r.order_key.clone();
+    if order_key.as_deref().is_some_and(str::is_empty) {
+        bad("order_key", "must name a body field");
+    }
+    let retry_initial_ms = r.retry_initial_ms.unwrap_or(defaults::RETRY_INITIAL_MS);
+    if retry_initial_ms == 0 {
+        bad("retry_initial_ms", "must be greater than 0");
+    }
+    let retry_max_ms = r
+        .retry_max_ms
+        .unwrap_or(defaults::RETRY_MAX_MS.max(retry_initial_ms));
+    if retry_max_ms < retry_initial_ms {
+        bad("retry_max_ms", "must be at least retry_initial_ms");
+    }
+    let breaker_probe_ms = r.breaker_probe_ms.unwrap_or(defaults::BREAKER_PROBE_MS);
+    if breaker_probe_ms == 0 {
+        bad("breaker_probe_ms", "must be greater than 0");
+    }
+    Some(QueueSettings {
+        response,
+        max_attempts,
+        max_age_secs,
+        concurrency,
+        order_key,
+        retry_initial_ms,
+        retry_max_ms,
+        dead_letter_on_4xx: r.dead_letter_on_4xx.unwrap_or(true),
+        breaker_failures: r.breaker_failures.unwrap_or(defaults::BREAKER_FAILURES),
+        breaker_probe_ms,
     })
 }
 

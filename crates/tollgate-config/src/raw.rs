@@ -107,11 +107,43 @@ pub struct RawRoute {
     pub strip_prefix: bool,
     /// Secret tollgate signs forwarded requests with (Standard Webhooks).
     pub app_secret: Option<String>,
-    /// `proxy` (only mode so far).
+    /// `proxy` (default) or `queue`.
     pub mode: Option<String>,
+    /// Queue mode: the static answer given to the provider once the event is stored.
+    pub response: Option<RawResponse>,
+    /// Queue mode: delivery attempts before an event is dead-lettered.
+    pub max_attempts: Option<u32>,
+    /// Queue mode: age (since receipt) after which an undelivered event is dead-lettered.
+    pub max_age_secs: Option<u64>,
+    /// Queue mode: deliveries of this route in flight at once.
+    pub concurrency: Option<u32>,
+    /// Queue mode: form or JSON body field whose value orders delivery (e.g. `CallSid`).
+    pub order_key: Option<String>,
+    /// Queue mode: first retry delay (the nominal delay doubles per attempt).
+    pub retry_initial_ms: Option<u64>,
+    /// Queue mode: largest nominal retry delay.
+    pub retry_max_ms: Option<u64>,
+    /// Queue mode: a 4xx answer other than 408/429 dead-letters at once.
+    pub dead_letter_on_4xx: Option<bool>,
+    /// Queue mode: consecutive failed deliveries that open the circuit breaker; 0 = no breaker.
+    pub breaker_failures: Option<u32>,
+    /// Queue mode: while the breaker is open, one probe delivery per this interval.
+    pub breaker_probe_ms: Option<u64>,
     /// Everything else: the provider's options.
     #[serde(flatten)]
     pub options: BTreeMap<String, toml::Value>,
+}
+
+/// A queue-mode route's static answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponse {
+    /// HTTP status (2xx).
+    pub status: Option<u16>,
+    /// `Content-Type` of the answer; none when unset.
+    pub content_type: Option<String>,
+    /// Body of the answer.
+    pub body: Option<String>,
 }
 
 /// One key of a route.

@@ -132,7 +132,7 @@ path = "/b"
 provider = "no-such"
 keys = [ { secret = "env:MISSING" } ]
 upstream = "http://u/"
-mode = "queue"
+mode = "queue-ish"
 "#;
     let paths: Vec<String> = errors(text, &env(&[]))
         .into_iter()
@@ -324,4 +324,108 @@ fn load_route_needs_only_that_route() {
     assert_eq!(setup.keys.keys()[0].label.as_ref(), "a");
     let e = load_route(&f, "nope", &demo_env()).unwrap_err();
     assert!(e.to_string().contains("no route named"), "{e}");
+}
+
+#[test]
+fn queue_mode_defaults() {
+    let cfg = load(&route_toml("mode = \"queue\""), &demo_env()).unwrap_or_else(|e| panic!("{e}"));
+    let r = &cfg.routes[0];
+    assert_eq!(r.mode, Mode::Queue);
+    assert_eq!(
+        r.queue,
+        Some(QueueSettings {
+            response: StaticResponse {
+                status: 200,
+                content_type: None,
+                body: String::new(),
+            },
+            max_attempts: 10,
+            max_age_secs: 86_400,
+            concurrency: 8,
+            order_key: None,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 300_000,
+            dead_letter_on_4xx: true,
+            breaker_failures: 5,
+            breaker_probe_ms: 5_000,
+        })
+    );
+}
+
+#[test]
+fn queue_mode_keys_are_read() {
+    let cfg = load(
+        &route_toml(
+            r#"mode = "queue"
+response = { status = 204, content_type = "text/xml", body = "<Response/>" }
+max_attempts = 3
+max_age_secs = 60
+concurrency = 2
+order_key = "CallSid"
+retry_initial_ms = 50
+retry_max_ms = 400
+dead_letter_on_4xx = false
+breaker_failures = 0
+breaker_probe_ms = 100"#,
+        ),
+        &demo_env(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let q = cfg.routes[0].queue.clone().expect("queue settings");
+    assert_eq!(q.response.status, 204);
+    assert_eq!(q.response.content_type.as_deref(), Some("text/xml"));
+    assert_eq!(q.response.body, "<Response/>");
+    assert_eq!((q.max_attempts, q.max_age_secs, q.concurrency), (3, 60, 2));
+    assert_eq!(q.order_key.as_deref(), Some("CallSid"));
+    assert_eq!((q.retry_initial_ms, q.retry_max_ms), (50, 400));
+    assert!(!q.dead_letter_on_4xx);
+    assert_eq!((q.breaker_failures, q.breaker_probe_ms), (0, 100));
+}
+
+#[test]
+fn queue_keys_on_a_proxy_route_and_bad_values_are_refused() {
+    let e = errors(&route_toml("max_attempts = 3"), &demo_env());
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].path, "route[0].max_attempts");
+    assert_eq!(e[0].message, "only applies to mode = \"queue\"");
+    let e = errors(
+        &route_toml(
+            "mode = \"queue\"\nresponse = { status = 500 }\nconcurrency = 0\nmax_attempts = 0\nretry_initial_ms = 10\nretry_max_ms = 5\norder_key = \"\"",
+        ),
+        &demo_env(),
+    );
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "route[0].response.status",
+            "route[0].max_attempts",
+            "route[0].concurrency",
+            "route[0].order_key",
+            "route[0].retry_max_ms",
+        ]
+    );
+    let e = errors(
+        &route_toml("mode = \"queue\"\nresponse = { stauts = 200 }"),
+        &demo_env(),
+    );
+    assert!(e[0].message.contains("stauts"), "{e:?}");
+}
+
+#[test]
+fn load_state_reads_state_without_route_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.toml");
+    std::fs::write(
+        &f,
+        "[state]\npath = \"/var/lib/x.db\"\nfsync = \"batch\"\n[[route]]\nname = \"r\"\nkeys = [ { secret = \"env:NOT_SET_ANYWHERE\" } ]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        load_state(&f).unwrap(),
+        StateBackend::Sqlite {
+            path: "/var/lib/x.db".into(),
+            fsync: Fsync::Batch
+        }
+    );
 }

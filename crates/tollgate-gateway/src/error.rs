@@ -37,6 +37,9 @@ pub enum GatewayError {
     /// The replay store failed; tollgate fails closed.
     #[error("{0}")]
     Store(#[source] tollgate_store::StoreError),
+    /// The event queue could not store the event; tollgate fails closed so the provider retries.
+    #[error("event queue unavailable: {0}")]
+    Queue(#[source] tollgate_store::StoreError),
     /// The upstream refused or broke the connection, or answered unreadably.
     #[error("upstream unavailable: {0}")]
     Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -60,6 +63,7 @@ impl GatewayError {
             GatewayError::RateLimited => (429, "rate_limited"),
             GatewayError::InFlight => (409, "in_flight"),
             GatewayError::Store(_) => (503, "store_unavailable"),
+            GatewayError::Queue(_) => (503, "queue_unavailable"),
             GatewayError::Upstream(_) => (502, "upstream_unavailable"),
             GatewayError::UpstreamTimeout => (504, "upstream_timeout"),
         }
@@ -68,7 +72,7 @@ impl GatewayError {
     /// Whether the provider's retry of the same request may succeed (drives retries in queue mode).
     pub fn is_retryable(&self) -> bool {
         match self {
-            GatewayError::Store(e) => e.is_retryable(),
+            GatewayError::Store(e) | GatewayError::Queue(e) => e.is_retryable(),
             GatewayError::Upstream(_)
             | GatewayError::UpstreamTimeout
             | GatewayError::InFlight

@@ -3,7 +3,8 @@
 //! any stage may fail, and only [`rescue`] turns a failure into a status, a small JSON body, a
 //! metric and an audit line. [`server`] accepts connections (plain or TLS), [`admin`] serves
 //! `/metrics`, `/healthz` and `/readyz` on a separate listener, [`reload`] swaps routes and keys
-//! without dropping connections.
+//! without dropping connections. `mode = "queue"` routes store the event instead of forwarding it
+//! ([`stage::enqueue`]) and [`delivery`] workers post it to the app in the background.
 //!
 //! What this crate does not do: verify signatures (that is `tollgate-verify`) or keep replay state
 //! (that is `tollgate-store`; the caller picks the backend).
@@ -12,9 +13,10 @@
 use std::sync::{Arc, RwLock};
 
 use tollgate_config::Config;
-use tollgate_store::ReplayStore;
+use tollgate_store::{EventQueue, ReplayStore};
 
 pub mod admin;
+pub mod delivery;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
@@ -36,6 +38,10 @@ pub(crate) struct Shared {
     pub(crate) client: stage::forward::Client,
     pub(crate) failures: stage::rate_limit::FailureLimiter,
     pub(crate) diagnoses: stage::verify::DiagnosisBudget,
+    /// The durable queue of `mode = "queue"` routes; without one they answer 503.
+    pub(crate) queue: Option<Arc<dyn EventQueue>>,
+    /// Wakes the delivery dispatcher: an event was stored or a delivery slot freed.
+    pub(crate) wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -56,8 +62,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway for `config` with `store` for replay state.
+    /// A gateway for `config` with `store` for replay state and no event queue (queue-mode routes
+    /// answer 503).
     pub fn new(config: Config, store: Arc<dyn ReplayStore>) -> Self {
+        Self::with_queue(config, store, None)
+    }
+
+    /// A gateway with `queue` for `mode = "queue"` routes. Delivery starts with
+    /// [`Gateway::spawn_delivery`].
+    pub fn with_queue(
+        config: Config,
+        store: Arc<dyn ReplayStore>,
+        queue: Option<Arc<dyn EventQueue>>,
+    ) -> Self {
         let failures =
             stage::rate_limit::FailureLimiter::new(config.server.failed_verify_per_minute);
         Gateway {
@@ -67,6 +84,8 @@ impl Gateway {
                 client: stage::forward::client(),
                 failures,
                 diagnoses: stage::verify::DiagnosisBudget::new(),
+                queue,
+                wake: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -78,6 +97,11 @@ impl Gateway {
             Ok(mut t) => *t = new,
             Err(p) => *p.into_inner() = new,
         }
+    }
+
+    /// The event queue, if any.
+    pub fn queue(&self) -> Option<Arc<dyn EventQueue>> {
+        self.shared.queue.clone()
     }
 
     /// The config in force.

@@ -21,6 +21,22 @@ pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
 pub const CLOCK_SKEW: &str = "tollgate_clock_skew_seconds";
 /// Config reloads by `result`.
 pub const RELOADS: &str = "tollgate_reloads_total";
+/// Queue-mode events stored by `route` and `result` (`new`, `duplicate`).
+pub const ENQUEUED: &str = "tollgate_enqueued_total";
+/// Delivery attempts by `route` and `outcome` (`delivered`, `retry`, `dead`, `stale`).
+pub const DELIVERIES: &str = "tollgate_delivery_attempts_total";
+/// Events dead-lettered by `route` and `reason` (`4xx`, `max_attempts`, `max_age`).
+pub const DEAD_LETTERS: &str = "tollgate_dead_letters_total";
+/// Undelivered events (pending + leased) by `route`.
+pub const QUEUE_DEPTH: &str = "tollgate_queue_depth";
+/// Age of the oldest undelivered event by `route`, seconds (0 when none).
+pub const QUEUE_OLDEST_AGE: &str = "tollgate_queue_oldest_age_seconds";
+/// Dead letters waiting for an operator by `route`.
+pub const QUEUE_DEAD: &str = "tollgate_queue_dead";
+/// Circuit breaker by `route`: 0 closed, 1 open (probing).
+pub const BREAKER_OPEN: &str = "tollgate_breaker_open";
+/// Queue store failures in the delivery workers by `op`.
+pub const QUEUE_ERRORS: &str = "tollgate_queue_errors_total";
 
 /// Installs the global Prometheus recorder and returns the handle `/metrics` renders.
 pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
@@ -51,4 +67,19 @@ fn describe() {
         "Local time minus the provider's signed time"
     );
     describe_counter!(RELOADS, "Config reloads by result");
+    describe_counter!(ENQUEUED, "Queue-mode events stored by route and result");
+    describe_counter!(DELIVERIES, "Queue delivery attempts by route and outcome");
+    describe_counter!(DEAD_LETTERS, "Events dead-lettered by route and reason");
+    describe_gauge!(QUEUE_DEPTH, "Undelivered queued events by route");
+    describe_gauge!(
+        QUEUE_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest undelivered event by route"
+    );
+    describe_gauge!(QUEUE_DEAD, "Dead letters waiting for an operator by route");
+    describe_gauge!(BREAKER_OPEN, "Delivery circuit breaker by route (1 = open)");
+    describe_counter!(
+        QUEUE_ERRORS,
+        "Queue failures in the delivery workers by operation"
+    );
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tollgate_store::{Claim, StoredResponse};
+use tollgate_config::Mode;
+use tollgate_store::{Claim, Enqueued, StoreError, StoredResponse};
 
 use crate::stage::{self, forward::Outgoing};
 use crate::{metrics as m, rescue, GatewayError, Shared};
@@ -103,7 +104,43 @@ async fn run(
         Claim::Done(first) => return Ok((answer(&first, true), "replayed")),
     }
 
-    // 7. Forward; the claim is completed with the app's answer or released for the retry.
+    // 7a. Queue mode: store durably, and only then answer with the static response (the claim
+    // completed with it, so provider retries get it too); a failed store releases the claim and
+    // answers 503, so the provider retries rather than believing an unstored event delivered.
+    if route.mode == Mode::Queue {
+        let inc = stage::enqueue::Incoming {
+            parts: &parts,
+            body: &body,
+            client_ip,
+            public: &public,
+            event_key: &key,
+        };
+        let stored = match (shared.queue.as_deref(), route.queue.as_ref()) {
+            (Some(queue), Some(settings)) => stage::enqueue::store(queue, route, &verified, &inc)
+                .await
+                .map(|e| (e, settings)),
+            _ => Err(GatewayError::Queue(StoreError::Unavailable(
+                "this gateway runs without an event queue".into(),
+            ))),
+        };
+        return match stored {
+            Ok((enqueued, settings)) => {
+                let ans = stage::enqueue::static_answer(&settings.response);
+                stage::replay::finish(shared.store.as_ref(), route, &key, Some(&ans)).await;
+                shared.wake.notify_one();
+                let outcome = match enqueued {
+                    Enqueued::New => "queued",
+                    Enqueued::Duplicate => "replayed",
+                };
+                Ok((answer(&ans, false), outcome))
+            }
+            Err(e) => {
+                stage::replay::finish(shared.store.as_ref(), route, &key, None).await;
+                Err(e)
+            }
+        };
+    }
+    // 7b. Forward; the claim is completed with the app's answer or released for the retry.
     let out = Outgoing {
         parts: &parts,
         body,

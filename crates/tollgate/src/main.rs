@@ -30,6 +30,8 @@ enum Command {
     Send(cmd::send::Args),
     /// Generate a strong random secret or an Ed25519 key pair.
     Keygen(cmd::keygen::Args),
+    /// Inspect and redeliver queue-mode events: ls, show, retry, drop.
+    Queue(cmd::queue::Args),
     /// Lint a config file: weak or inline secrets, weak algorithms, old keys, TLS settings.
     Check(cmd::check::Args),
     /// A tiny app that prints what tollgate forwards and checks tollgate's signature (quick start).
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Send(a) => cmd::send::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Check(a) => cmd::check::run(a),
+        Command::Queue(a) => cmd::queue::run(a),
         Command::DemoUpstream(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Completions { shell } => {

@@ -51,7 +51,7 @@ pub fn client() -> Client {
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
 /// tollgate sets itself and must not take from the client.
-const DROP: &[&str] = &[
+pub const DROP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -161,34 +161,16 @@ pub async fn send(
     set("x-forwarded-for", out.client_ip.to_string());
     set("x-forwarded-proto", out.public.scheme.clone());
     set("x-forwarded-host", out.public.host.clone());
-    set(
-        "tollgate-verified",
-        format!(
-            "provider={}; key={}",
-            verified.provider(),
-            verified.key_label()
-        ),
-    );
-    if let Some((secret, _)) = &route.app_secret {
-        let spec = tollgate_verify::find_provider("standard-webhooks").ok_or(
-            GatewayError::BadRequest("standard-webhooks signer missing from this build"),
-        )?;
-        let input = SignInput {
-            method: out.parts.method.to_string(),
-            url: uri.to_string(),
-            content_type: None,
-            body: out.body.to_vec(),
-            now: super::verify::now_unix(),
-            nonce: app_message_id(out.event_key),
-        };
-        let signed = (spec.sign)(&Options::new(), secret, &input).map_err(|e| {
-            GatewayError::Upstream(format!("signing for the app failed: {e}").into())
-        })?;
-        for (k, v) in signed.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-                headers.insert(k, v);
-            }
-        }
+    set("tollgate-verified", verified_header(verified));
+    let uri_text = uri.to_string();
+    for (k, v) in app_signature(
+        route,
+        out.parts.method.as_str(),
+        &uri_text,
+        &out.body,
+        &app_message_id(out.event_key),
+    )? {
+        headers.insert(k, v);
     }
     let mut req = http::Request::builder()
         .method(out.parts.method.clone())
@@ -196,7 +178,61 @@ pub async fn send(
         .body(Full::new(out.body))
         .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
     *req.headers_mut() = headers;
+    round_trip(client, route, req).await
+}
 
+/// The `Tollgate-Verified` value: which provider and key verified the request.
+pub fn verified_header(verified: &Verified) -> String {
+    format!(
+        "provider={}; key={}",
+        verified.provider(),
+        verified.key_label()
+    )
+}
+
+/// Standard Webhooks headers (`webhook-id` = `message_id`, `webhook-timestamp` = now,
+/// `webhook-signature`) signed with the route's `app_secret`; none without one.
+pub fn app_signature(
+    route: &Route,
+    method: &str,
+    uri: &str,
+    body: &[u8],
+    message_id: &str,
+) -> Result<Vec<(HeaderName, HeaderValue)>, GatewayError> {
+    let Some((secret, _)) = &route.app_secret else {
+        return Ok(Vec::new());
+    };
+    let spec = tollgate_verify::find_provider("standard-webhooks").ok_or(
+        GatewayError::BadRequest("standard-webhooks signer missing from this build"),
+    )?;
+    let input = SignInput {
+        method: method.to_owned(),
+        url: uri.to_owned(),
+        content_type: None,
+        body: body.to_vec(),
+        now: super::verify::now_unix(),
+        nonce: message_id.to_owned(),
+    };
+    let signed = (spec.sign)(&Options::new(), secret, &input)
+        .map_err(|e| GatewayError::Upstream(format!("signing for the app failed: {e}").into()))?;
+    Ok(signed
+        .headers
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::try_from(k).ok()?,
+                HeaderValue::try_from(v).ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// Sends `req` within the route's `upstream_timeout_ms` and reads the answer (bounded).
+pub async fn round_trip(
+    client: &Client,
+    route: &Route,
+    req: http::Request<Full<Bytes>>,
+) -> Result<StoredResponse, GatewayError> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(route.upstream_timeout_ms);
     let result = tokio::time::timeout_at(deadline, async {

@@ -4,6 +4,7 @@
 pub mod allow_ips;
 pub mod body;
 pub mod client_ip;
+pub mod enqueue;
 pub mod forward;
 pub mod public_url;
 pub mod rate_limit;

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod keygen;
+pub mod queue;
 pub mod send;
 pub mod serve;
 pub mod sign;

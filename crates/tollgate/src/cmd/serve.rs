@@ -1,5 +1,6 @@
-//! `tollgate serve`: load the config, pick the replay store, and run the public and admin
-//! listeners until SIGTERM/Ctrl-C, reloading on SIGHUP or a changed file.
+//! `tollgate serve`: load the config, pick the replay store and the event queue, and run the
+//! public and admin listeners and the queue's delivery workers until SIGTERM/Ctrl-C, reloading on
+//! SIGHUP or a changed file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use tollgate_config::{Config, Env, ProcessEnv, StateBackend};
+use tollgate_gateway::delivery::DeliveryOptions;
 use tollgate_gateway::{metrics, telemetry, tls, Gateway};
-use tollgate_store::ReplayStore;
+use tollgate_store::{EventQueue, ReplayStore};
 
 /// Arguments of `tollgate serve`.
 #[derive(Debug, clap::Args)]
@@ -26,11 +28,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Config::load(&args.config, env.as_ref()).map_err(|e| anyhow!("invalid config:\n{e}"))?;
     telemetry::init(config.server.log_format);
     let store = open_store(&config.state)?;
+    // Opened whatever the routes' modes, so a reload may turn a route to queue mode.
+    let queue = super::queue::open(&config.state)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(config, store, args.config, env))?;
+    runtime.block_on(serve(config, store, queue, args.config, env))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -53,6 +57,7 @@ fn open_store(state: &StateBackend) -> anyhow::Result<Arc<dyn ReplayStore>> {
 async fn serve(
     config: Config,
     store: Arc<dyn ReplayStore>,
+    queue: Arc<dyn EventQueue>,
     path: PathBuf,
     env: Arc<dyn Env>,
 ) -> anyhow::Result<()> {
@@ -77,8 +82,10 @@ async fn serve(
         "tollgate serving"
     );
     let poll = Duration::from_secs(config.server.reload_poll_secs);
-    let gateway = Gateway::new(config, store);
+    let drain = Duration::from_secs(config.server.drain_timeout_secs);
+    let gateway = Gateway::with_queue(config, store, Some(queue));
     gateway.spawn_reloader(path, env, poll);
+    let delivery = gateway.spawn_delivery(DeliveryOptions::default(), drain);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_gw = gateway.clone();
     let mut admin_stop = stop_rx.clone();
@@ -95,6 +102,9 @@ async fn serve(
         let _ = stop_tx.send(true);
     };
     gateway.serve(listener, acceptor, signal).await?;
+    if let Some(d) = delivery {
+        d.shutdown(drain).await;
+    }
     admin_task.await??;
     Ok(())
 }
