@@ -20,9 +20,11 @@ use tollgate_verify::{Key, KeyRing, Options, ProviderSpec, Secret, Settings, Ver
 pub mod lint;
 pub mod raw;
 mod secret;
+mod state;
 
 pub use lint::{lints, Lint};
 pub use secret::SecretSource;
+pub use state::{RedisState, RedisUrl};
 
 use raw::{RawConfig, RawKey, RawRoute};
 
@@ -160,6 +162,8 @@ pub enum StateBackend {
     },
     /// In-process (lost on restart).
     Memory,
+    /// A Redis server shared by every instance of the deployment.
+    Redis(RedisState),
 }
 
 /// What a key's config said besides its material, for lints and metrics.
@@ -271,6 +275,12 @@ pub mod defaults {
     pub const UPSTREAM_TIMEOUT_MS: u64 = 10_000;
     /// `state.path`.
     pub const STATE_PATH: &str = "tollgate.db";
+    /// `state.key_prefix` (Redis).
+    pub const REDIS_KEY_PREFIX: &str = "tollgate:";
+    /// `state.connect_timeout_ms` (Redis).
+    pub const REDIS_CONNECT_TIMEOUT_MS: u64 = 500;
+    /// `state.operation_timeout_ms` (Redis).
+    pub const REDIS_OPERATION_TIMEOUT_MS: u64 = 1_000;
 }
 
 /// Collects errors with file, line and path.
@@ -337,40 +347,7 @@ impl Config {
             key: PathBuf::from(&t.key),
             client_ca: t.client_ca.as_ref().map(PathBuf::from),
         });
-        let state = match raw.state.backend.as_deref().unwrap_or("sqlite") {
-            "sqlite" => StateBackend::Sqlite {
-                path: PathBuf::from(raw.state.path.as_deref().unwrap_or(defaults::STATE_PATH)),
-                fsync: match raw.state.fsync.as_deref() {
-                    None | Some("always") => Fsync::Always,
-                    Some("batch") => Fsync::Batch,
-                    Some(other) => {
-                        errs.push(
-                            None,
-                            "state.fsync",
-                            format!("unknown value {other:?}; use \"always\" or \"batch\""),
-                        );
-                        Fsync::Always
-                    }
-                },
-            },
-            "memory" => StateBackend::Memory,
-            "redis" => {
-                errs.push(
-                    None,
-                    "state.backend",
-                    "\"redis\" is not available yet; use \"sqlite\" or \"memory\"",
-                );
-                StateBackend::Memory
-            }
-            other => {
-                errs.push(
-                    None,
-                    "state.backend",
-                    format!("unknown backend {other:?}; use \"sqlite\" or \"memory\""),
-                );
-                StateBackend::Memory
-            }
-        };
+        let state = state::state(&raw.state, raw.allow_inline_secrets, env, &mut errs);
         if raw.route.is_empty() {
             errs.push(
                 None,
