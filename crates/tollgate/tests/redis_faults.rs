@@ -176,3 +176,31 @@ async fn redis_killed_under_traffic_fails_closed_then_recovers_without_restart()
     drop(tg);
     drop(redis);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn started_while_redis_is_down_it_runs_not_ready_then_serves_when_redis_is_up() {
+    let mut redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    redis.kill();
+    let (up, recorded) = upstream(Duration::ZERO).await;
+    let mut tg = Tollgate::start_until(&redis.url(), up, 503).await;
+    for i in 0..5 {
+        let a = tg.send(&format!("early-{i}")).await;
+        assert!(is_store_unavailable(&a), "early-{i}: {a:?}");
+    }
+    assert!(recorded.ids().is_empty(), "forwarded without a claim");
+
+    redis.restart().unwrap_or_else(|e| panic!("{e}"));
+    poll_until("/readyz 200 once Redis is up", || async {
+        tg.readyz().await == Some(200)
+    })
+    .await;
+    let a = tg.send("early-0").await;
+    assert_eq!((a.status, a.body.as_str()), (200, APP_ANSWER), "{a:?}");
+    assert!(!a.replayed());
+    assert_eq!(recorded.ids(), ["early-0"]);
+    assert!(tg.is_running());
+    let log = tg.log();
+    assert!(log.contains("state store not reachable yet"), "{log}");
+    drop(tg);
+    drop(redis);
+}

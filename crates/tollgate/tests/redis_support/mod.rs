@@ -100,12 +100,18 @@ impl Tollgate {
     /// (as a deployment would, so a password stays out of the file), one standard-webhooks route
     /// `/hooks` in front of `upstream`, and waits until `/readyz` answers 200.
     pub async fn start(redis_url: &str, upstream: SocketAddr) -> Self {
+        Self::start_until(redis_url, upstream, 200).await
+    }
+
+    /// Starts tollgate like [`Tollgate::start`] and waits until `/readyz` answers `status` (503:
+    /// running but not ready).
+    pub async fn start_until(redis_url: &str, upstream: SocketAddr, status: u16) -> Self {
         let mut last = String::new();
         // Ports are found by binding port 0 and letting go: another process may take one first,
         // then tollgate exits and we try fresh ports (bounded).
         for _ in 0..5 {
             let mut t = Self::spawn(redis_url, upstream);
-            match t.wait_ready().await {
+            match t.wait_readyz(status).await {
                 Ok(()) => return t,
                 Err(e) => {
                     last = e;
@@ -169,20 +175,20 @@ upstream_timeout_ms = 5000
         }
     }
 
-    /// Polls `/readyz` (bounded: 300 × 50 ms) until 200, or the process exits.
-    async fn wait_ready(&mut self) -> Result<(), String> {
+    /// Polls `/readyz` (bounded: 300 × 50 ms) until it answers `status`, or the process exits.
+    async fn wait_readyz(&mut self, status: u16) -> Result<(), String> {
         for _ in 0..300 {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(format!("exited with {status}: {}", self.log()));
                 }
             }
-            if self.readyz().await == Some(200) {
+            if self.readyz().await == Some(status) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(format!("/readyz never answered 200: {}", self.log()))
+        Err(format!("/readyz never answered {status}: {}", self.log()))
     }
 
     /// The status `/readyz` answers, `None` if the admin listener does not answer.
