@@ -490,23 +490,32 @@ impl RedisQueue {
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| {
-                // As for the replay store: no backoff inside a reconnection, so with Redis down
-                // every operation fails at once and traffic paces the retries.
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.options.connect_timeout)
-                    .set_response_timeout(self.options.response_timeout)
-                    .set_number_of_retries(0);
-                bounded(
-                    "connect",
-                    self.options.operation_timeout,
-                    ConnectionManager::new_with_config(self.client.clone(), config),
-                )
-            })
-            .await?;
-        Ok(conn.clone())
+        if let Some(conn) = self.conn.get() {
+            return Ok(conn.clone());
+        }
+        // Callers queue behind one connection attempt; none waits longer than one operation may
+        // take.
+        let init = self.conn.get_or_try_init(|| {
+            // As for the replay store: no backoff inside a reconnection, so with Redis down
+            // every operation fails at once and traffic paces the retries.
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(self.options.connect_timeout)
+                .set_response_timeout(self.options.response_timeout)
+                .set_number_of_retries(0);
+            bounded(
+                "connect",
+                self.options.operation_timeout,
+                ConnectionManager::new_with_config(self.client.clone(), config),
+            )
+        });
+        let after = self.options.operation_timeout;
+        match tokio::time::timeout(after, init).await {
+            Ok(conn) => Ok(conn?.clone()),
+            Err(_) => Err(StoreError::Unavailable(Box::new(RedisError::Timeout {
+                operation: "connect",
+                after,
+            }))),
+        }
     }
 
     fn now(&self) -> u64 {

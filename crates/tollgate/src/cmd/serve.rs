@@ -92,16 +92,27 @@ impl LazyRedisStore {
     /// The connected store; connects first if no connection was ever made. A failed attempt
     /// leaves the cell empty, so the next operation tries again.
     async fn get(&self) -> Result<&RedisStore, StoreError> {
-        self.store
-            .get_or_try_init(|| async {
-                let r = RedisStore::connect_with(&self.url, self.options.clone()).await;
-                match &r {
-                    Ok(_) => tracing::info!(redis = %self.shown, "connected to the Redis state store"),
-                    Err(e) => tracing::warn!(redis = %self.shown, error = %e, "Redis state store unreachable"),
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        // Callers queue behind one connection attempt; none waits longer than one operation may
+        // take (a silent, firewalled Redis would otherwise make the queue grow).
+        let limit = self.options.operation_timeout;
+        let init = self.store.get_or_try_init(|| async {
+            let r = RedisStore::connect_with(&self.url, self.options.clone()).await;
+            match &r {
+                Ok(_) => tracing::info!(redis = %self.shown, "connected to the Redis state store"),
+                Err(e) => {
+                    tracing::warn!(redis = %self.shown, error = %e, "Redis state store unreachable")
                 }
-                r
-            })
-            .await
+            }
+            r
+        });
+        tokio::time::timeout(limit, init).await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                format!("no connection to Redis within {limit:?}").into(),
+            ))
+        })
     }
 }
 
