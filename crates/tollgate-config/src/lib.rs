@@ -20,9 +20,11 @@ use tollgate_verify::{Key, KeyRing, Options, ProviderSpec, Secret, Settings, Ver
 pub mod lint;
 pub mod raw;
 mod secret;
+mod state;
 
 pub use lint::{lints, Lint};
 pub use secret::SecretSource;
+pub use state::{RedisState, RedisUrl};
 
 use raw::{RawConfig, RawKey, RawRoute};
 
@@ -160,6 +162,8 @@ pub enum StateBackend {
     },
     /// In-process (lost on restart).
     Memory,
+    /// A Redis server shared by every instance of the deployment.
+    Redis(RedisState),
 }
 
 /// What a key's config said besides its material, for lints and metrics.
@@ -330,6 +334,12 @@ pub mod defaults {
     pub const BREAKER_FAILURES: u32 = 5;
     /// `route.breaker_probe_ms` (queue mode).
     pub const BREAKER_PROBE_MS: u64 = 5_000;
+    /// `state.key_prefix` (Redis).
+    pub const REDIS_KEY_PREFIX: &str = "tollgate:";
+    /// `state.connect_timeout_ms` (Redis).
+    pub const REDIS_CONNECT_TIMEOUT_MS: u64 = 500;
+    /// `state.operation_timeout_ms` (Redis).
+    pub const REDIS_OPERATION_TIMEOUT_MS: u64 = 1_000;
 }
 
 /// Collects errors with file, line and path.
@@ -396,7 +406,7 @@ impl Config {
             key: PathBuf::from(&t.key),
             client_ca: t.client_ca.as_ref().map(PathBuf::from),
         });
-        let state = state(&raw.state, &mut errs);
+        let state = state::state(&raw.state, raw.allow_inline_secrets, env, &mut errs);
         if raw.route.is_empty() {
             errs.push(
                 None,
@@ -445,47 +455,9 @@ impl Config {
     }
 }
 
-/// `[state]`, validated.
-fn state(raw: &raw::RawState, errs: &mut Errors<'_>) -> StateBackend {
-    match raw.backend.as_deref().unwrap_or("sqlite") {
-        "sqlite" => StateBackend::Sqlite {
-            path: PathBuf::from(raw.path.as_deref().unwrap_or(defaults::STATE_PATH)),
-            fsync: match raw.fsync.as_deref() {
-                None | Some("always") => Fsync::Always,
-                Some("batch") => Fsync::Batch,
-                Some(other) => {
-                    errs.push(
-                        None,
-                        "state.fsync",
-                        format!("unknown value {other:?}; use \"always\" or \"batch\""),
-                    );
-                    Fsync::Always
-                }
-            },
-        },
-        "memory" => StateBackend::Memory,
-        "redis" => {
-            errs.push(
-                None,
-                "state.backend",
-                "\"redis\" is not available yet; use \"sqlite\" or \"memory\"",
-            );
-            StateBackend::Memory
-        }
-        other => {
-            errs.push(
-                None,
-                "state.backend",
-                format!("unknown backend {other:?}; use \"sqlite\" or \"memory\""),
-            );
-            StateBackend::Memory
-        }
-    }
-}
-
 /// Loads only `[state]` of a file: what `tollgate queue` needs to find the queue, without
 /// requiring the routes' secrets to be present.
-pub fn load_state(path: &Path) -> Result<StateBackend, ConfigErrors> {
+pub fn load_state(path: &Path, env: &dyn Env) -> Result<StateBackend, ConfigErrors> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -501,7 +473,7 @@ pub fn load_state(path: &Path) -> Result<StateBackend, ConfigErrors> {
         text: &text,
         list: Vec::new(),
     };
-    let state = state(&raw.state, &mut errs);
+    let state = state::state(&raw.state, raw.allow_inline_secrets, env, &mut errs);
     if errs.list.is_empty() {
         Ok(state)
     } else {

@@ -71,12 +71,20 @@ pub struct RawTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawState {
-    /// `sqlite` or `memory`.
+    /// `sqlite`, `redis` or `memory`.
     pub backend: Option<String>,
     /// SQLite file.
     pub path: Option<String>,
     /// `always` (fsync every commit; default) or `batch` (WAL with synchronous=NORMAL).
     pub fsync: Option<String>,
+    /// Redis: `redis://…`, `env:NAME` or `file:PATH`.
+    pub url: Option<String>,
+    /// Redis: prepended to every key.
+    pub key_prefix: Option<String>,
+    /// Redis: one connection attempt.
+    pub connect_timeout_ms: Option<u64>,
+    /// Redis: one operation, reconnection included.
+    pub operation_timeout_ms: Option<u64>,
 }
 
 /// One `[[route]]`.

@@ -21,6 +21,7 @@ fn demo_env() -> HashMap<String, String> {
         ("TWILIO_AUTH_TOKEN", KEY),
         ("SW_SECRET", KEY),
         ("APP_SECRET", APP),
+        ("REDIS_URL", "redis://:docs-password@127.0.0.1:6379/0"),
     ])
 }
 
@@ -326,6 +327,102 @@ fn load_route_needs_only_that_route() {
     assert!(e.to_string().contains("no route named"), "{e}");
 }
 
+fn redis_toml(state: &str) -> String {
+    route_toml("").replace("backend = \"memory\"", state)
+}
+
+#[test]
+fn redis_backend_reads_its_url_from_the_environment() {
+    let e = env(&[
+        ("SW_SECRET", KEY),
+        ("REDIS_URL", "redis://:hunter2@10.0.0.5:6379/2"),
+    ]);
+    let cfg = load(
+        &redis_toml("backend = \"redis\"\nurl = \"env:REDIS_URL\"\noperation_timeout_ms = 250"),
+        &e,
+    )
+    .unwrap();
+    let StateBackend::Redis(redis) = &cfg.state else {
+        panic!("not redis: {:?}", cfg.state);
+    };
+    assert_eq!(redis.url.expose(), "redis://:hunter2@10.0.0.5:6379/2");
+    assert_eq!(redis.url.source(), &SecretSource::Env("REDIS_URL".into()));
+    assert_eq!(redis.key_prefix, "tollgate:");
+    assert_eq!(redis.connect_timeout_ms, 500);
+    assert_eq!(redis.operation_timeout_ms, 250);
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("redis://:***@10.0.0.5:6379/2"), "{shown}");
+}
+
+#[test]
+fn redis_inline_url_without_password_is_fine_with_one_is_refused() {
+    let cfg = load(
+        &redis_toml("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379/\"\nkey_prefix = \"a:\""),
+        &demo_env(),
+    )
+    .unwrap();
+    let StateBackend::Redis(redis) = &cfg.state else {
+        panic!("not redis");
+    };
+    assert_eq!(redis.url.expose(), "redis://127.0.0.1:6379/");
+    assert_eq!(redis.key_prefix, "a:");
+
+    let e = errors(
+        &redis_toml("backend = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379/\""),
+        &demo_env(),
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].path, "state.url");
+    assert!(e[0].message.contains("env:NAME"), "{}", e[0].message);
+    assert!(!e[0].message.contains("hunter2"));
+}
+
+#[test]
+fn redis_state_mistakes_are_each_reported() {
+    let e = errors(
+        &redis_toml(
+            "backend = \"redis\"\nkey_prefix = \"{t}:\"\npath = \"x.db\"\nconnect_timeout_ms = 0",
+        ),
+        &demo_env(),
+    );
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "state.path",
+            "state.url",
+            "state.key_prefix",
+            "state.connect_timeout_ms"
+        ],
+        "{e:?}"
+    );
+    for (url, why) in [
+        ("env:NOPE", "env var NOPE is not set"),
+        ("rediss://h:1/", "rediss:// (TLS) is not supported"),
+        ("http://h:1/", "unsupported scheme"),
+        ("redis:///0", "names no host"),
+        ("127.0.0.1:6379", "not a URL"),
+    ] {
+        let e = errors(
+            &redis_toml(&format!("backend = \"redis\"\nurl = \"{url}\"")),
+            &demo_env(),
+        );
+        assert_eq!(e.len(), 1, "{url}: {e:?}");
+        assert_eq!(e[0].path, "state.url");
+        assert!(e[0].message.contains(why), "{url}: {}", e[0].message);
+    }
+    let e = errors(
+        &route_toml("").replace("backend = \"memory\"", "url = \"redis://h/\""),
+        &demo_env(),
+    );
+    assert_eq!(e[0].path, "state.url");
+    assert_eq!(
+        e[0].message,
+        "applies only to backend = \"redis\", not \"sqlite\""
+    );
+}
+
 #[test]
 fn queue_mode_defaults() {
     let cfg = load(&route_toml("mode = \"queue\""), &demo_env()).unwrap_or_else(|e| panic!("{e}"));
@@ -422,7 +519,7 @@ fn load_state_reads_state_without_route_secrets() {
     )
     .unwrap();
     assert_eq!(
-        load_state(&f).unwrap(),
+        load_state(&f, &demo_env()).unwrap(),
         StateBackend::Sqlite {
             path: "/var/lib/x.db".into(),
             fsync: Fsync::Batch

@@ -4,6 +4,10 @@
 //! events per second that 16 delivery workers lease (16 at a time) and ack (concurrently, as a
 //! worker delivering its batch in parallel would), with a no-op upstream: the queue's own ceiling
 //! on delivery throughput.
+//!
+//! Redis runs on private `redis-server`s on loopback: `redis` without persistence (the round trips
+//! and scripts alone), `redis_aof_always` with `appendonly yes` + `appendfsync always` (every
+//! write on disk before the reply, the setting that matches `sqlite_always`).
 // criterion_group! generates an undocumented public fn.
 #![allow(missing_docs)]
 
@@ -12,8 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tollgate_store::redis_server::{Persistence, RedisServer};
 use tollgate_store::{
-    Durability, Enqueued, EventQueue, MemoryQueue, QueuedEvent, Settled, SqliteQueue,
+    Durability, Enqueued, EventQueue, MemoryQueue, QueuedEvent, RedisOptions, RedisQueue, Settled,
+    SqliteQueue,
 };
 
 const TASKS: u64 = 64;
@@ -129,6 +135,15 @@ fn queue(c: &mut Criterion) {
         .expect("tokio runtime");
     // On the target directory's disk, so fsync means what it means in production.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
+    let redis_plain = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis_aof =
+        RedisServer::start_with(Persistence::AppendFsyncAlways).unwrap_or_else(|e| panic!("{e}"));
+    let redis_queue = |server: &RedisServer| -> Arc<dyn EventQueue> {
+        Arc::new(
+            rt.block_on(RedisQueue::connect(&server.url(), RedisOptions::new()))
+                .expect("connect to the private redis-server"),
+        )
+    };
     let backends: Vec<(&str, Arc<dyn EventQueue>)> = vec![
         ("memory", Arc::new(MemoryQueue::new())),
         (
@@ -145,6 +160,8 @@ fn queue(c: &mut Criterion) {
                     .expect("open SQLite"),
             ),
         ),
+        ("redis", redis_queue(&redis_plain)),
+        ("redis_aof_always", redis_queue(&redis_aof)),
     ];
 
     let mut group = c.benchmark_group("queue");

@@ -1,6 +1,6 @@
 //! Replay and idempotency state shared by the gateway's requests (and, with the Redis backend, by
 //! several gateway instances), and the durable event queue of queue-mode routes ([`queue`]:
-//! [`EventQueue`], backends [`MemoryQueue`] and [`SqliteQueue`]). For replay, one trait,
+//! [`EventQueue`], backends [`MemoryQueue`], [`SqliteQueue`] and [`RedisQueue`]). For replay, one trait,
 //! [`ReplayStore`]; backends: [`memory`] (tests, single process, lost on restart), [`sqlite`] (the
 //! embedded default) and [`redis`] (shared by several instances). Every backend passes the same
 //! conformance suite (`conformance`, behind the `conformance` feature).
@@ -26,6 +26,7 @@ pub mod queue;
 #[cfg(feature = "conformance")]
 pub mod queue_conformance;
 pub mod queue_memory;
+pub mod queue_redis;
 pub mod queue_sqlite;
 pub mod redis;
 #[cfg(feature = "conformance")]
@@ -39,6 +40,7 @@ pub use queue::{
     QueuedEvent, RouteStats, Settled,
 };
 pub use queue_memory::MemoryQueue;
+pub use queue_redis::RedisQueue;
 pub use queue_sqlite::{QueueOptions, SqliteQueue};
 pub use redis::{RedisOptions, RedisStore};
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};

@@ -261,7 +261,7 @@ impl RedisStore {
 }
 
 /// Runs `fut` for at most `after`, mapping both failure kinds to a retryable error.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     operation: &'static str,
     after: Duration,
     fut: impl std::future::Future<Output = ::redis::RedisResult<T>>,

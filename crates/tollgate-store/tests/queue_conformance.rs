@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use tollgate_store::queue_conformance::QueueSubject;
-use tollgate_store::{Durability, ManualClock, MemoryQueue, QueueOptions, SqliteQueue};
+use tollgate_store::redis_server::RedisServer;
+use tollgate_store::{
+    Durability, ManualClock, MemoryQueue, QueueOptions, RedisOptions, RedisQueue, SqliteQueue,
+};
 
 async fn memory(clock: Arc<ManualClock>) -> QueueSubject {
     QueueSubject::new(MemoryQueue::with_clock(clock))
@@ -28,6 +31,16 @@ async fn sqlite_batch(clock: Arc<ManualClock>) -> QueueSubject {
     sqlite(clock, Durability::Batch)
 }
 
+/// Each case gets its own private redis-server, so cases cannot see each other's keys.
+async fn redis(clock: Arc<ManualClock>) -> QueueSubject {
+    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let queue = RedisQueue::connect(&server.url(), RedisOptions::new().with_clock(clock))
+        .await
+        .unwrap_or_else(|e| panic!("connect to the private redis-server: {e}"));
+    QueueSubject::new(queue).keep_alive(server)
+}
+
 tollgate_store::queue_conformance_suite!(memory_queue, memory);
 tollgate_store::queue_conformance_suite!(sqlite_always_queue, sqlite_always);
 tollgate_store::queue_conformance_suite!(sqlite_batch_queue, sqlite_batch);
+tollgate_store::queue_conformance_suite!(redis_queue, redis);

@@ -78,8 +78,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some(config) = args.config else {
         bail!("--config FILE is required (its [state] names the queue)");
     };
-    let state =
-        tollgate_config::load_state(&config).map_err(|e| anyhow!("invalid config:\n{e}"))?;
+    let state = tollgate_config::load_state(&config, &tollgate_config::ProcessEnv)
+        .map_err(|e| anyhow!("invalid config:\n{e}"))?;
     let queue = open_existing(&state)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -185,6 +185,15 @@ pub fn open(state: &StateBackend) -> anyhow::Result<Arc<dyn EventQueue>> {
                 .with_context(|| format!("cannot open the queue database {}", path.display()))?;
             Ok(Arc::new(q))
         }
+        StateBackend::Redis(redis) => {
+            // Connects on first use, like the replay store: serving starts even while Redis is down.
+            let q = tollgate_store::RedisQueue::new(
+                redis.url.expose(),
+                super::serve::redis_options(redis),
+            )
+            .map_err(|e| anyhow::anyhow!("redis queue at {}: {e}", redis.url.redacted()))?;
+            Ok(Arc::new(q))
+        }
     }
 }
 
@@ -204,6 +213,7 @@ fn open_existing(state: &StateBackend) -> anyhow::Result<Arc<dyn EventQueue>> {
             }
             open(state)
         }
+        StateBackend::Redis(_) => open(state),
     }
 }
 

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use tollgate_config::{Config, Env, ProcessEnv, StateBackend};
+use tokio::sync::OnceCell;
+use tollgate_config::{Config, Env, ProcessEnv, RedisState, StateBackend};
 use tollgate_gateway::delivery::DeliveryOptions;
 use tollgate_gateway::{metrics, telemetry, tls, Gateway};
-use tollgate_store::{EventQueue, ReplayStore};
+use tollgate_store::{
+    Claim, EventQueue, RedisOptions, RedisStore, ReplayStore, StoreError, StoredResponse,
+};
 
 /// Arguments of `tollgate serve`.
 #[derive(Debug, clap::Args)]
@@ -51,6 +54,101 @@ fn open_store(state: &StateBackend) -> anyhow::Result<Arc<dyn ReplayStore>> {
                 .with_context(|| format!("cannot open the state database {}", path.display()))?;
             Ok(Arc::new(store))
         }
+        StateBackend::Redis(redis) => Ok(Arc::new(LazyRedisStore::new(redis))),
+    }
+}
+
+/// A [`RedisStore`] that connects on first use instead of at start-up, so an instance started
+/// while Redis is down runs (not ready, every claim failing closed with 503) and begins serving
+/// the moment Redis answers, instead of exiting and crash-looping. Once connected, the
+/// [`RedisStore`] reconnects by itself.
+struct LazyRedisStore {
+    /// Holds the password, if any: only ever passed to the client.
+    url: String,
+    /// `url` with its password masked, for logs.
+    shown: String,
+    options: RedisOptions,
+    store: OnceCell<RedisStore>,
+}
+
+impl std::fmt::Debug for LazyRedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyRedisStore")
+            .field("url", &self.shown)
+            .field("key_prefix", &self.options.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The store options `[state]` asks for; the replay store and the queue share them.
+pub(crate) fn redis_options(state: &RedisState) -> RedisOptions {
+    let operation = Duration::from_millis(state.operation_timeout_ms);
+    let mut options = RedisOptions::new().with_key_prefix(state.key_prefix.clone());
+    options.connect_timeout = Duration::from_millis(state.connect_timeout_ms);
+    options.response_timeout = operation;
+    options.operation_timeout = operation;
+    options
+}
+
+impl LazyRedisStore {
+    fn new(state: &RedisState) -> Self {
+        let options = redis_options(state);
+        Self {
+            url: state.url.expose().to_owned(),
+            shown: state.url.redacted(),
+            options,
+            store: OnceCell::new(),
+        }
+    }
+
+    /// The connected store; connects first if no connection was ever made. A failed attempt
+    /// leaves the cell empty, so the next operation tries again.
+    async fn get(&self) -> Result<&RedisStore, StoreError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        // Callers queue behind one connection attempt; none waits longer than one operation may
+        // take (a silent, firewalled Redis would otherwise make the queue grow).
+        let limit = self.options.operation_timeout;
+        let init = self.store.get_or_try_init(|| async {
+            let r = RedisStore::connect_with(&self.url, self.options.clone()).await;
+            match &r {
+                Ok(_) => tracing::info!(redis = %self.shown, "connected to the Redis state store"),
+                Err(e) => {
+                    tracing::warn!(redis = %self.shown, error = %e, "Redis state store unreachable")
+                }
+            }
+            r
+        });
+        tokio::time::timeout(limit, init).await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                format!("no connection to Redis within {limit:?}").into(),
+            ))
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ReplayStore for LazyRedisStore {
+    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
+        self.get().await?.claim(key, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.get().await?.complete(key, response, ttl).await
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.get().await?.release(key).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.get().await?.ping().await
     }
 }
 
@@ -81,6 +179,11 @@ async fn serve(
         routes = config.routes.len(),
         "tollgate serving"
     );
+    // Say at start-up whether the state store answers (a Redis one connects here); serving
+    // starts either way: requests fail closed with 503 and /readyz says not ready until it does.
+    if let Err(e) = store.ping().await {
+        tracing::warn!(error = %e, "state store not reachable yet; answering 503 until it is");
+    }
     let poll = Duration::from_secs(config.server.reload_poll_secs);
     let drain = Duration::from_secs(config.server.drain_timeout_secs);
     let gateway = Gateway::with_queue(config, store, Some(queue));

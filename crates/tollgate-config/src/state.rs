@@ -1,0 +1,266 @@
+//! `[state]`: where replay claims (and queue-mode events) live. SQLite (the embedded default),
+//! memory (tests), or Redis, shared by several tollgate instances.
+//!
+//! The Redis URL may carry a password, so it is a secret reference like a key's: `env:NAME` or
+//! `file:PATH`, or the literal URL. A literal with a password is refused unless
+//! `allow_inline_secrets = true`, and the URL is only ever shown with its password masked.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::raw::RawState;
+use crate::{defaults, secret, Env, Errors, Fsync, SecretSource, StateBackend};
+
+/// A Redis connection URL. `Debug` and [`RedisUrl::redacted`] mask the password; only
+/// [`RedisUrl::expose`] gives it, for the connection itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    url: String,
+    source: SecretSource,
+}
+
+impl RedisUrl {
+    /// The URL as configured, password included: pass it to the client, never to a log.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// Where the URL came from.
+    pub fn source(&self) -> &SecretSource {
+        &self.source
+    }
+
+    /// The URL with any password replaced by `***`, for logs and errors.
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RedisUrl").field(&self.redacted()).finish()
+    }
+}
+
+/// `[state] backend = "redis"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisState {
+    /// Where the server is.
+    pub url: RedisUrl,
+    /// Prepended to every key; every instance of one deployment uses the same prefix.
+    pub key_prefix: String,
+    /// Longest wait for one TCP connection attempt.
+    pub connect_timeout_ms: u64,
+    /// Longest any store operation may take (reconnection included) before the request fails
+    /// closed with 503.
+    pub operation_timeout_ms: u64,
+}
+
+/// The userinfo part of a `redis://` URL, if any.
+fn userinfo(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').map(|(u, _)| u)
+}
+
+fn has_password(url: &str) -> bool {
+    userinfo(url).is_some_and(|u| u.contains(':'))
+}
+
+fn redact(url: &str) -> String {
+    match userinfo(url) {
+        Some(u) if u.contains(':') => {
+            let user = u.split_once(':').map_or(u, |(user, _)| user);
+            url.replacen(u, &format!("{user}:***"), 1)
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Validates `[state]`, pushing every error with its path.
+pub(crate) fn state(
+    raw: &RawState,
+    allow_inline: bool,
+    env: &dyn Env,
+    errs: &mut Errors<'_>,
+) -> StateBackend {
+    let backend = raw.backend.as_deref().unwrap_or("sqlite");
+    // Keys of another backend are a mistake (a typo in `backend`, or a half-edited file), not
+    // something to ignore silently.
+    let sqlite_keys = [("path", raw.path.is_some()), ("fsync", raw.fsync.is_some())];
+    let redis_keys = [
+        ("url", raw.url.is_some()),
+        ("key_prefix", raw.key_prefix.is_some()),
+        ("connect_timeout_ms", raw.connect_timeout_ms.is_some()),
+        ("operation_timeout_ms", raw.operation_timeout_ms.is_some()),
+    ];
+    let mut foreign = |keys: &[(&str, bool)], owner: &str| {
+        for (key, set) in keys {
+            if *set {
+                errs.push(
+                    None,
+                    format!("state.{key}"),
+                    format!("applies only to backend = \"{owner}\", not {backend:?}"),
+                );
+            }
+        }
+    };
+    match backend {
+        "sqlite" => {
+            foreign(&redis_keys, "redis");
+            StateBackend::Sqlite {
+                path: PathBuf::from(raw.path.as_deref().unwrap_or(defaults::STATE_PATH)),
+                fsync: match raw.fsync.as_deref() {
+                    None | Some("always") => Fsync::Always,
+                    Some("batch") => Fsync::Batch,
+                    Some(other) => {
+                        errs.push(
+                            None,
+                            "state.fsync",
+                            format!("unknown value {other:?}; use \"always\" or \"batch\""),
+                        );
+                        Fsync::Always
+                    }
+                },
+            }
+        }
+        "memory" => {
+            foreign(&sqlite_keys, "sqlite");
+            foreign(&redis_keys, "redis");
+            StateBackend::Memory
+        }
+        "redis" => {
+            foreign(&sqlite_keys, "sqlite");
+            redis(raw, allow_inline, env, errs).map_or(StateBackend::Memory, StateBackend::Redis)
+        }
+        other => {
+            errs.push(
+                None,
+                "state.backend",
+                format!("unknown backend {other:?}; use \"sqlite\", \"redis\" or \"memory\""),
+            );
+            StateBackend::Memory
+        }
+    }
+}
+
+fn redis(
+    raw: &RawState,
+    allow_inline: bool,
+    env: &dyn Env,
+    errs: &mut Errors<'_>,
+) -> Option<RedisState> {
+    let url = match raw.url.as_deref() {
+        None => {
+            errs.push(
+                None,
+                "state.url",
+                "backend = \"redis\" needs url = \"redis://host:port/db\" (or env:NAME)",
+            );
+            None
+        }
+        Some(text) => redis_url(text, allow_inline, env)
+            .map_err(|msg| errs.push(None, "state.url", msg))
+            .ok(),
+    };
+    let key_prefix = raw
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| defaults::REDIS_KEY_PREFIX.into());
+    let mut ok = true;
+    if key_prefix.contains(['{', '}']) {
+        // Redis Cluster would take a `{…}` in the prefix as every key's hash tag and put the
+        // whole deployment in one slot.
+        errs.push(None, "state.key_prefix", "must not contain '{' or '}'");
+        ok = false;
+    }
+    let mut millis = |value: Option<u64>, default: u64, key: &str| match value {
+        Some(0) => {
+            errs.push(None, format!("state.{key}"), "must be at least 1");
+            ok = false;
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let connect_timeout_ms = millis(
+        raw.connect_timeout_ms,
+        defaults::REDIS_CONNECT_TIMEOUT_MS,
+        "connect_timeout_ms",
+    );
+    let operation_timeout_ms = millis(
+        raw.operation_timeout_ms,
+        defaults::REDIS_OPERATION_TIMEOUT_MS,
+        "operation_timeout_ms",
+    );
+    Some(RedisState {
+        url: url?,
+        key_prefix,
+        connect_timeout_ms,
+        operation_timeout_ms,
+    })
+    .filter(|_| ok)
+}
+
+/// Resolves `env:NAME` / `file:PATH` / the literal and checks it is a URL this build can use.
+/// Messages never contain the URL: it may hold a password.
+fn redis_url(text: &str, allow_inline: bool, env: &dyn Env) -> Result<RedisUrl, String> {
+    let (url, source) = if text.starts_with("env:") || text.starts_with("file:") {
+        let (secret, source) = secret::resolve(text, false, env)?;
+        let url = std::str::from_utf8(secret.expose())
+            .map_err(|_| "the Redis URL is not UTF-8".to_owned())?
+            .trim()
+            .to_owned();
+        (url, source)
+    } else {
+        if has_password(text) && !allow_inline {
+            return Err("the URL holds a password: use env:NAME or file:PATH \
+                        (or set allow_inline_secrets = true)"
+                .into());
+        }
+        (text.to_owned(), SecretSource::Inline)
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("not a URL; expected redis://host:port/db".into());
+    };
+    match scheme {
+        "redis" => {}
+        "rediss" => {
+            return Err(
+                "rediss:// (TLS) is not supported by this build; use redis:// on a \
+                        private network or a TLS tunnel"
+                    .into(),
+            )
+        }
+        _ => return Err("unsupported scheme; expected redis://host:port/db".into()),
+    }
+    let host = rest
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or("")
+        .rsplit('@')
+        .next()
+        .unwrap_or("");
+    if host.is_empty() {
+        return Err("the URL names no host; expected redis://host:port/db".into());
+    }
+    Ok(RedisUrl { url, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_masks_only_the_password() {
+        assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact("redis://u@h:6379/0"), "redis://u@h:6379/0");
+        assert_eq!(redact("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(
+            redact("redis://user:p@ss:w@h:6379/0"),
+            "redis://user:***@h:6379/0"
+        );
+        assert!(has_password("redis://:pw@h"));
+        assert!(!has_password("redis://user@h/0?x=a:b@c"));
+    }
+}
