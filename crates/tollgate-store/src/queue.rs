@@ -177,13 +177,11 @@ pub struct ListFilter {
 impl ListFilter {
     /// Whether `entry` passes the filter at time `now_ms`.
     pub fn matches(&self, entry: &QueueEntry, now_ms: u64) -> bool {
-        self.route
-            .as_ref()
-            .map_or(true, |r| *r == entry.event.route)
-            && self.status.map_or(true, |s| s == entry.status)
-            && self.older_than.map_or(true, |d| {
-                entry.event.received_at_ms <= received_cutoff(now_ms, d)
-            })
+        self.route.as_ref().is_none_or(|r| *r == entry.event.route)
+            && self.status.is_none_or(|s| s == entry.status)
+            && self
+                .older_than
+                .is_none_or(|d| entry.event.received_at_ms <= received_cutoff(now_ms, d))
     }
 }
 

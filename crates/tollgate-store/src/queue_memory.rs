@@ -112,11 +112,11 @@ impl State {
     }
 
     fn is_head(&self, slot: &Slot) -> bool {
-        slot.line().map_or(true, |line| {
+        slot.line().is_none_or(|line| {
             self.lines
                 .get(&line)
                 .and_then(|set| set.first())
-                .map_or(true, |head| *head == slot.seq)
+                .is_none_or(|head| *head == slot.seq)
         })
     }
 
@@ -232,7 +232,7 @@ impl EventQueue for MemoryQueue {
             .iter()
             .take_while(|(due_ms, _)| *due_ms <= now)
             .filter_map(|(_, seq)| st.by_seq.get(seq).and_then(|id| st.events.get(id)))
-            .filter(|s| route.map_or(true, |r| r == s.entry.event.route))
+            .filter(|s| route.is_none_or(|r| r == s.entry.event.route))
             .filter(|s| st.is_head(s))
             .take(max)
             .map(|s| s.entry.event.id.clone())

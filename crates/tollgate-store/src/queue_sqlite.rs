@@ -871,7 +871,7 @@ impl Writer {
             .map_err(|e| query_error("stats", e))?;
         let mut out: Vec<RouteStats> = Vec::new();
         for (route, status, count, oldest) in rows {
-            if out.last().map_or(true, |r| r.route != route) {
+            if out.last().is_none_or(|r| r.route != route) {
                 out.push(RouteStats {
                     route,
                     ..RouteStats::default()

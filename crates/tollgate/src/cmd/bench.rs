@@ -189,7 +189,7 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         "bench: pre-signed {} requests in {:.2} s ({} bytes of body each)",
         reqs.len(),
         t_sign.elapsed().as_secs_f64(),
-        reqs.first().map(|r| body_len(r)).unwrap_or(0)
+        reqs.first().map(body_len).unwrap_or(0)
     );
     let slots: Arc<Vec<Mutex<Option<Req>>>> =
         Arc::new(reqs.into_iter().map(|r| Mutex::new(Some(r))).collect());
