@@ -33,9 +33,18 @@ fn main() {
         }
         "parse" => {
             for _ in 0..n {
-                ok += tollgate_verify::form::Decoded::parse(std::hint::black_box(&input.body))
-                    .len()
-                    & 1;
+                let mut pairs = Vec::with_capacity(32);
+                tollgate_verify::form::split_raw(std::hint::black_box(&input.body), &mut pairs);
+                ok += pairs.len() & 1;
+            }
+        }
+        "concat" => {
+            for _ in 0..n {
+                let out = tollgate_verify::form::concat_if_ordered(
+                    std::hint::black_box(&input.body),
+                    false,
+                );
+                ok += out.map_or(0, |o| o.len() & 1);
             }
         }
         "headers" => {
