@@ -220,8 +220,7 @@ pub fn split_raw<'a>(body: &'a [u8], out: &mut Vec<RawPair<'a>>) {
 pub fn concat_if_ordered(body: &[u8], equal_names: bool) -> Option<Vec<u8>> {
     let mut c = Concat {
         body,
-        // Output never outgrows the body; the slack lets short runs be copied whole.
-        out: vec![0u8; body.len() + 16],
+        out: zeroed(body.len() + 16),
         w: 0,
         copied: 0,
         start: 0,
@@ -248,6 +247,16 @@ pub fn concat_if_ordered(body: &[u8], equal_names: bool) -> Option<Vec<u8>> {
     let Concat { mut out, w, .. } = c;
     out.truncate(w);
     Some(out)
+}
+
+/// A zeroed buffer of `len` bytes for [`concat_if_ordered`]'s output, which never outgrows the
+/// body (the 16 bytes of slack let short runs be copied whole). Not `vec![0; len]`: glibc's
+/// `calloc` bypasses the thread cache, and its free then consolidates the heap on every request.
+#[allow(clippy::slow_vector_initialization)] // on purpose, see above
+fn zeroed(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    out.resize(len, 0);
+    out
 }
 
 /// The state of [`concat_if_ordered`].
@@ -354,7 +363,7 @@ impl<'a> Concat<'a> {
 
 /// Byte-wise comparison as `<[u8]>::cmp`, eight bytes at a time, inline: parameter names are
 /// short and often share a prefix, and a `memcmp` call per name costs more than the comparison.
-#[inline]
+#[inline(always)]
 pub(crate) fn bytes_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let n = a.len().min(b.len());
     let (mut x, mut y) = (a.get(..n).unwrap_or(a), b.get(..n).unwrap_or(b));

@@ -361,18 +361,15 @@ impl Verifier for Twilio {
             });
         };
 
-        let live: Vec<&PreparedKey<KeyedMac>> = {
-            let mut live: Vec<_> = self.keys.live(now)?.collect();
-            if let Some(id) = preferred_key {
-                if let Some(pos) = live.iter().position(|k| &*k.label == id) {
-                    live[..=pos].rotate_right(1);
-                }
-            }
-            live
-        };
+        // The live keys, the one the settings header names first; no allocation.
+        let live = self.keys.live(now)?;
+        let preferred = preferred_key.and_then(|id| live.clone().find(|k| &*k.label == id));
+        let live = preferred
+            .into_iter()
+            .chain(live.filter(move |k| !preferred.is_some_and(|p| std::ptr::eq(p, *k))));
 
         let try_url = |candidate: &str| -> Option<&PreparedKey<KeyedMac>> {
-            live.iter().copied().find(|key| {
+            live.clone().find(|key| {
                 let mut mac = key.state.clone();
                 mac.update(candidate.as_bytes());
                 if let Covered::Form(params) = &covered {
