@@ -208,7 +208,13 @@ impl SignalWire {
         let params = canonical_params(req.body, Repeats::SubmissionOrder);
         let no_pairs = form::is_empty(req.body);
         let mut hash_mismatch = false;
-        for candidate in candidate_urls(req.url) {
+        // `candidate_urls` starts with the URL as received, by far the likeliest: the others
+        // (which cost a parse and two allocations) are only built when it does not match.
+        let candidates = std::iter::once(Cow::Borrowed(req.url)).chain(
+            std::iter::once_with(|| candidate_urls(req.url))
+                .flat_map(|all| all.into_iter().skip(1)),
+        );
+        for candidate in candidates {
             let body_hash = Url::parse(&candidate)
                 .ok()
                 .and_then(|u| body_sha256_param(&u));
