@@ -53,6 +53,35 @@ const SIGNATURE: &str = "x-twilio-signature";
 const SETTINGS: &str = "x-twilio-webhooks-signature-settings";
 const IDEMPOTENCY: &str = "i-twilio-idempotency-token";
 const BODY_SHA256: &[u8] = b"bodySHA256";
+// Prebuilt: a lookup by `&str` parses and validates the name on every request.
+static SIGNATURE_NAME: http::HeaderName = http::HeaderName::from_static(SIGNATURE);
+static SETTINGS_NAME: http::HeaderName = http::HeaderName::from_static(SETTINGS);
+
+/// [`Request::header`] by a prebuilt name: the same answers (absent, the single value as text, a
+/// repeated or non-ASCII value refused), without parsing `name` per request.
+fn header<'a>(
+    req: &Request<'a>,
+    name: &http::HeaderName,
+    label: &'static str,
+) -> Result<Option<&'a str>, Reject> {
+    let mut values = req.headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Reject::HeaderMalformed {
+            header: label,
+            why: "repeated",
+        });
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| Reject::HeaderMalformed {
+            header: label,
+            why: "not visible ASCII",
+        })
+}
 
 /// Route options.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -314,11 +343,11 @@ enum Covered {
 
 impl Verifier for Twilio {
     fn verify(&self, req: &Request<'_>, now: i64) -> Result<Verified, Reject> {
-        let sig_text =
-            req.require_header(SIGNATURE, Reject::SignatureMissing { header: SIGNATURE })?;
+        let sig_text = header(req, &SIGNATURE_NAME, SIGNATURE)?
+            .ok_or(Reject::SignatureMissing { header: SIGNATURE })?;
 
         let mut preferred_key = None;
-        if let Some(settings) = req.header(SETTINGS)? {
+        if let Some(settings) = header(req, &SETTINGS_NAME, SETTINGS)? {
             if let Some(alg) = settings_item(settings, "algorithm") {
                 if !alg.eq_ignore_ascii_case(self.alg.settings_name()) {
                     return Err(Reject::Unsupported {
@@ -1204,6 +1233,29 @@ mod tests {
                 "{body:?} {repeats:?}"
             );
         }
+    }
+
+    #[test]
+    fn prebuilt_header_lookup_answers_as_request_header() {
+        let mut h = HeaderMap::new();
+        h.insert(SIGNATURE, "abc".parse().unwrap());
+        h.append(SETTINGS, "a".parse().unwrap());
+        h.append(SETTINGS, "b".parse().unwrap());
+        let bad = http::HeaderValue::from_bytes(b"\xffx").unwrap();
+        h.insert("x-other", bad);
+        let req = Request {
+            method: "POST",
+            url: BASE,
+            headers: &h,
+            body: b"",
+        };
+        for (name, label) in [(&SIGNATURE_NAME, SIGNATURE), (&SETTINGS_NAME, SETTINGS)] {
+            assert_eq!(header(&req, name, label), req.header(label));
+        }
+        let other = http::HeaderName::from_static("x-other");
+        assert_eq!(header(&req, &other, "x-other"), req.header("x-other"));
+        let absent = http::HeaderName::from_static("x-absent");
+        assert_eq!(header(&req, &absent, "x-absent"), Ok(None));
     }
 
     #[test]
