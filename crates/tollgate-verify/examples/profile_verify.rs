@@ -7,6 +7,10 @@
 //! valgrind --tool=callgrind target/release/examples/profile_verify twilio 10000
 //! valgrind --tool=callgrind target/release/examples/profile_verify raw-sha1 10000
 //! ```
+//!
+//! Other modes: `concat` (the ordered-body canonical concatenation alone), `parse` (splitting
+//! alone), `headers`, any provider id, and `raw-sha1:ID` / `raw-sha256:ID` (the raw HMAC of that
+//! provider's sample URL + body, to compare its verify with).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use hmac::{Hmac, Mac};
@@ -22,6 +26,28 @@ fn main() {
     let msg: Vec<u8> = [input.url.as_bytes(), &input.body].concat();
     let key = "test-secret-0123456789abcdef";
     let mut ok = 0usize;
+    // `raw-sha1:ID` / `raw-sha256:ID`: the HMAC of provider ID's sample URL + body.
+    if let Some((alg, id)) = what.split_once(':') {
+        let input = (find_provider(id).unwrap().sample)(&Options::new(), url);
+        let msg: Vec<u8> = [input.url.as_bytes(), &input.body].concat();
+        if alg == "raw-sha1" {
+            let mac = Hmac::<sha1::Sha1>::new_from_slice(key.as_bytes()).unwrap();
+            for _ in 0..n {
+                let mut m = mac.clone();
+                m.update(std::hint::black_box(&msg));
+                ok += m.finalize().into_bytes()[0] as usize & 1;
+            }
+        } else {
+            let mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+            for _ in 0..n {
+                let mut m = mac.clone();
+                m.update(std::hint::black_box(&msg));
+                ok += m.finalize().into_bytes()[0] as usize & 1;
+            }
+        }
+        println!("{what} ({} bytes): {ok}/{n}", msg.len());
+        return;
+    }
     match what.as_str() {
         "raw-sha1" => {
             let mac = Hmac::<sha1::Sha1>::new_from_slice(key.as_bytes()).unwrap();
@@ -33,9 +59,18 @@ fn main() {
         }
         "parse" => {
             for _ in 0..n {
-                ok += tollgate_verify::form::Decoded::parse(std::hint::black_box(&input.body))
-                    .len()
-                    & 1;
+                let mut pairs = Vec::with_capacity(32);
+                tollgate_verify::form::split_raw(std::hint::black_box(&input.body), &mut pairs);
+                ok += pairs.len() & 1;
+            }
+        }
+        "concat" => {
+            for _ in 0..n {
+                let out = tollgate_verify::form::concat_if_ordered(
+                    std::hint::black_box(&input.body),
+                    false,
+                );
+                ok += out.map_or(0, |o| o.len() & 1);
             }
         }
         "headers" => {

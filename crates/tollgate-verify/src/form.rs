@@ -70,74 +70,323 @@ fn segments(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         })
 }
 
-/// Every pair of a form body decoded into one buffer: one allocation for the names and values
-/// whatever their number, instead of one per escaped component. Pairs keep their order.
-#[derive(Debug, Clone, Default)]
-pub struct Decoded {
-    buf: Vec<u8>,
-    /// `(start of name, start of value, end of value)` in `buf`.
-    spans: Vec<(usize, usize, usize)>,
+/// One `name=value` segment of a form body, split as [`parse`] splits it but not decoded, with
+/// whether each side contains `+` or `%` (and so may differ from its decoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPair<'a> {
+    /// The name as sent.
+    pub name: &'a [u8],
+    /// The value as sent.
+    pub value: &'a [u8],
+    /// The name contains `+` or `%`.
+    pub name_escaped: bool,
+    /// The value contains `+` or `%`.
+    pub value_escaped: bool,
 }
 
-impl Decoded {
-    /// Decodes `body` as [`parse`] would, in one pass: splitting and decoding happen in the same
-    /// loop, and decoded bytes go straight into the buffer (per-component calls and allocations
-    /// cost as much as the HMAC of the whole body).
-    pub fn parse(body: &[u8]) -> Self {
-        // Decoding never lengthens a component, so `buf` never reallocates.
-        let mut buf = Vec::with_capacity(body.len());
-        let mut spans = Vec::with_capacity(32);
-        let mut start = 0;
-        let mut mid = None;
-        let mut seen = false;
-        let mut rest = body;
-        while let Some((&b, tail)) = rest.split_first() {
-            rest = tail;
-            match b {
-                b'&' => {
-                    if seen {
-                        spans.push((start, mid.unwrap_or(buf.len()), buf.len()));
-                    }
-                    start = buf.len();
-                    mid = None;
-                    seen = false;
-                }
-                b'=' if mid.is_none() => {
-                    mid = Some(buf.len());
-                    seen = true;
-                }
-                _ => {
-                    seen = true;
-                    push_decoded(b, &mut rest, &mut buf);
+impl RawPair<'_> {
+    /// Appends the decoded name, then the decoded value, to `out`.
+    #[inline]
+    pub fn push_decoded_to(&self, out: &mut Vec<u8>) {
+        push_component(self.name, self.name_escaped, out);
+        push_component(self.value, self.value_escaped, out);
+    }
+}
+
+#[inline(always)]
+fn push_component(raw: &[u8], escaped: bool, out: &mut Vec<u8>) {
+    if escaped {
+        decode_into(raw, out);
+    } else {
+        out.extend_from_slice(raw);
+    }
+}
+
+/// Appends the decoding of one component to `out`, as [`decode`] would decode it, copying the
+/// runs between escapes whole.
+pub fn decode_into(raw: &[u8], out: &mut Vec<u8>) {
+    let mut rest = raw;
+    while let Some(i) = memchr::memchr2(b'+', b'%', rest) {
+        let (run, tail) = rest.split_at(i);
+        out.extend_from_slice(run);
+        let Some((&b, tail)) = tail.split_first() else {
+            return;
+        };
+        rest = tail;
+        push_decoded(b, &mut rest, out);
+    }
+    out.extend_from_slice(rest);
+}
+
+/// The offsets of every `&`, `=`, `%` and `+` in a body, in order: the bytes that split or need
+/// decoding. Classifies 64 bytes at a time into a bit mask (a loop the compiler vectorises), so the
+/// cost is per special byte, not per byte.
+struct Specials<'a> {
+    body: &'a [u8],
+    /// Offset of the block `mask` describes.
+    base: usize,
+    mask: u64,
+}
+
+impl<'a> Specials<'a> {
+    fn new(body: &'a [u8]) -> Self {
+        Specials {
+            body,
+            base: 0,
+            mask: special_mask(body.get(..64).unwrap_or(body)),
+        }
+    }
+}
+
+impl Iterator for Specials<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.base += 64;
+            let rest = self.body.get(self.base..).filter(|r| !r.is_empty())?;
+            self.mask = special_mask(rest.get(..64).unwrap_or(rest));
+        }
+        let p = self.base + self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(p)
+    }
+}
+
+/// Bit `i` set when `block[i]` (of at most 64 bytes) is `&`, `=`, `%` or `+`.
+#[inline]
+fn special_mask(block: &[u8]) -> u64 {
+    let mut flags = [0u8; 64];
+    for (f, &b) in flags.iter_mut().zip(block) {
+        *f = u8::from(matches!(b, b'&' | b'=' | b'%' | b'+'));
+    }
+    let mut mask = 0;
+    for (i, eight) in flags.chunks_exact(8).enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(eight);
+        // Eight 0/1 bytes to eight bits: each byte's multiple lands in the top byte, no carries.
+        mask |= (u64::from_le_bytes(w).wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * i);
+    }
+    mask
+}
+
+/// The segments of a form body as [`parse`] finds them (empty segments skipped, split on the
+/// first `=`), borrowed and undecoded, in order, appended to `out`. One scan finds the separators
+/// and escapes; nothing is copied.
+pub fn split_raw<'a>(body: &'a [u8], out: &mut Vec<RawPair<'a>>) {
+    let mut start = 0;
+    // The segment's first `=`, and its first and last `+`/`%`, as offsets in `body`.
+    let mut eq = usize::MAX;
+    let mut first_esc = usize::MAX;
+    let mut last_esc = 0;
+    for p in Specials::new(body).chain(std::iter::once(body.len())) {
+        match body.get(p) {
+            Some(b'=') => {
+                eq = eq.min(p);
+                continue;
+            }
+            Some(b'%' | b'+') => {
+                first_esc = first_esc.min(p);
+                last_esc = p;
+                continue;
+            }
+            _ => {}
+        }
+        // `&` or the end.
+        if p > start {
+            let eq = eq.min(p);
+            out.push(RawPair {
+                name: body.get(start..eq).unwrap_or(b""),
+                value: body.get(eq + 1..p).unwrap_or(b""),
+                name_escaped: first_esc < eq,
+                value_escaped: first_esc != usize::MAX && last_esc > eq,
+            });
+        }
+        start = p + 1;
+        eq = usize::MAX;
+        first_esc = usize::MAX;
+    }
+}
+
+/// When the body's pairs are already in canonical order (names unescaped and strictly
+/// increasing as bytes, or non-decreasing when `equal_names` allows a name to repeat), the
+/// concatenation of every decoded `name` and `value` in that order, as
+/// [`parse`] then concatenating would give it; `None` as soon as they are not.
+///
+/// One pass: the runs between special bytes are copied whole, `+` and valid `%XX` escapes decoded
+/// on the way. A valid escape never spans a separator (hex digits are neither `&` nor `=`), so
+/// decoding the body in place equals decoding each component.
+pub fn concat_if_ordered(body: &[u8], equal_names: bool) -> Option<Vec<u8>> {
+    let mut c = Concat {
+        body,
+        out: zeroed(body.len() + 16),
+        w: 0,
+        copied: 0,
+        start: 0,
+        eq: usize::MAX,
+        prev: None,
+        equal_names,
+    };
+    let mut base = 0;
+    for block in body.chunks(64) {
+        let mut mask = special_mask(block);
+        while mask != 0 {
+            let p = base + mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            match body.get(p) {
+                Some(b'&') => c.end_segment(p)?,
+                Some(b'=') => c.equals(p),
+                Some(b'+') => c.plus(p)?,
+                _ => c.percent(p)?,
+            }
+        }
+        base += 64;
+    }
+    c.end_segment(body.len())?;
+    let Concat { mut out, w, .. } = c;
+    out.truncate(w);
+    Some(out)
+}
+
+/// A zeroed buffer of `len` bytes for [`concat_if_ordered`]'s output, which never outgrows the
+/// body (the 16 bytes of slack let short runs be copied whole). Not `vec![0; len]`: glibc's
+/// `calloc` bypasses the thread cache, and its free then consolidates the heap on every request.
+#[allow(clippy::slow_vector_initialization)] // on purpose, see above
+fn zeroed(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    out.resize(len, 0);
+    out
+}
+
+/// The state of [`concat_if_ordered`].
+struct Concat<'a> {
+    body: &'a [u8],
+    out: Vec<u8>,
+    /// Bytes written to `out`.
+    w: usize,
+    /// Everything in `body` before this is in `out` or dropped.
+    copied: usize,
+    /// Start of the current segment.
+    start: usize,
+    /// The current segment's first `=`, or `usize::MAX`.
+    eq: usize,
+    /// The previous pair's name.
+    prev: Option<&'a [u8]>,
+    equal_names: bool,
+}
+
+impl<'a> Concat<'a> {
+    /// Appends `body[self.copied..to]` to the output.
+    #[inline(always)]
+    fn copy_to(&mut self, to: usize) {
+        let (from, w) = (self.copied, self.w);
+        let n = to.saturating_sub(from);
+        // `w <= from` always (no input byte yields more than one output byte), so whenever
+        // `from + 32` is inside the body, `w + 32` is inside `out`.
+        match (self.body.get(from..from + 32), self.out.get_mut(w..w + 32)) {
+            (Some(src), Some(dst)) if n <= 32 => dst.copy_from_slice(src),
+            _ => {
+                if let (Some(src), Some(dst)) =
+                    (self.body.get(from..to), self.out.get_mut(w..w + n))
+                {
+                    dst.copy_from_slice(src);
                 }
             }
         }
-        if seen {
-            spans.push((start, mid.unwrap_or(buf.len()), buf.len()));
+        self.w = w + n;
+    }
+
+    /// Appends one decoded byte in place of `body[p..skip_to]`.
+    #[inline(always)]
+    fn put(&mut self, p: usize, byte: u8, skip_to: usize) -> Option<()> {
+        self.copy_to(p);
+        *self.out.get_mut(self.w)? = byte;
+        self.w += 1;
+        self.copied = skip_to;
+        Some(())
+    }
+
+    #[inline(always)]
+    fn equals(&mut self, p: usize) {
+        if self.eq == usize::MAX {
+            self.eq = p;
+            self.copy_to(p);
+            self.copied = p + 1;
         }
-        Decoded { buf, spans }
     }
 
-    /// Number of pairs.
-    pub fn len(&self) -> usize {
-        self.spans.len()
+    #[inline(always)]
+    fn plus(&mut self, p: usize) -> Option<()> {
+        if self.eq == usize::MAX {
+            return None; // an escaped name
+        }
+        self.put(p, b' ', p + 1)
     }
 
-    /// True when the body had no pairs.
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+    #[inline(always)]
+    fn percent(&mut self, p: usize) -> Option<()> {
+        if self.eq == usize::MAX {
+            return None; // an escaped name
+        }
+        if let [_, h, l, ..] = *self.body.get(p..)? {
+            if let (Some(h), Some(l)) = (hex_val(h), hex_val(l)) {
+                return self.put(p, h << 4 | l, p + 3);
+            }
+        }
+        // Kept literally: it stays in the run.
+        Some(())
     }
 
-    /// The `i`th pair, decoded; `None` past the end.
-    pub fn get(&self, i: usize) -> Option<(&[u8], &[u8])> {
-        let &(a, b, c) = self.spans.get(i)?;
-        Some((self.buf.get(a..b)?, self.buf.get(b..c)?))
+    /// At a `&` or the end of the body: checks the order of the segment's name and drops the
+    /// separator.
+    #[inline(always)]
+    fn end_segment(&mut self, p: usize) -> Option<()> {
+        if p > self.start {
+            let name = self.body.get(self.start..self.eq.min(p))?;
+            if let Some(prev) = self.prev {
+                match bytes_cmp(prev, name) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal if self.equal_names => {}
+                    _ => return None,
+                }
+            }
+            self.prev = Some(name);
+        }
+        self.copy_to(p);
+        self.copied = p + 1;
+        self.start = p + 1;
+        self.eq = usize::MAX;
+        Some(())
     }
+}
 
-    /// The pairs in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        (0..self.len()).filter_map(|i| self.get(i))
+/// Byte-wise comparison as `<[u8]>::cmp`, eight bytes at a time, inline: parameter names are
+/// short and often share a prefix, and a `memcmp` call per name costs more than the comparison.
+#[inline(always)]
+pub(crate) fn bytes_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let n = a.len().min(b.len());
+    let (mut x, mut y) = (a.get(..n).unwrap_or(a), b.get(..n).unwrap_or(b));
+    while let (Some((xa, xr)), Some((ya, yr))) =
+        (x.split_first_chunk::<8>(), y.split_first_chunk::<8>())
+    {
+        let (u, v) = (u64::from_be_bytes(*xa), u64::from_be_bytes(*ya));
+        if u != v {
+            return u.cmp(&v);
+        }
+        (x, y) = (xr, yr);
     }
+    for (u, v) in x.iter().zip(y) {
+        if u != v {
+            return u.cmp(v);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+/// True when the body has no pairs: it is empty or only `&`s.
+pub fn is_empty(body: &[u8]) -> bool {
+    body.iter().all(|&b| b == b'&')
 }
 
 /// Percent-encodes a component the way HTML forms and the SDKs' senders do (space as `+`,
@@ -191,16 +440,53 @@ mod tests {
         assert!(matches!(decode(b"plain"), Cow::Borrowed(_)));
     }
 
+    /// `split_raw` then decoding each side, as `parse` would give it.
+    fn split_then_decode(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut raw = Vec::new();
+        split_raw(body, &mut raw);
+        raw.iter()
+            .map(|p| {
+                assert_eq!(
+                    p.name_escaped,
+                    p.name.iter().any(|&b| b == b'+' || b == b'%')
+                );
+                assert_eq!(
+                    p.value_escaped,
+                    p.value.iter().any(|&b| b == b'+' || b == b'%')
+                );
+                let (mut k, mut v) = (Vec::new(), Vec::new());
+                decode_into(p.name, &mut k);
+                decode_into(p.value, &mut v);
+                let mut both = Vec::new();
+                p.push_decoded_to(&mut both);
+                assert_eq!(both, [&k[..], &v[..]].concat());
+                (k, v)
+            })
+            .collect()
+    }
+
+    fn parse_owned(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        parse(body)
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
     #[test]
-    fn decoded_arena_matches_parse() {
-        let body = b"b=2&a=1&&a=%2B0&flag&=v&x=%zz+%41";
-        let arena = Decoded::parse(body);
-        let parsed = parse(body);
-        assert_eq!(arena.len(), parsed.len());
-        for ((k, v), (ak, av)) in parsed.iter().zip(arena.iter()) {
-            assert_eq!((&**k, &**v), (ak, av));
+    fn split_raw_matches_parse() {
+        for body in [
+            &b"b=2&a=1&&a=%2B0&flag&=v&x=%zz+%41"[..],
+            b"",
+            b"&&&",
+            b"=",
+            b"%",
+            b"a%=b%",
+            b"a+b=c=d%4&%41%4=%%41+",
+            b"k=%C3%A9&\xff=\xfe%FF",
+        ] {
+            assert_eq!(split_then_decode(body), parse_owned(body), "{body:?}");
+            assert_eq!(is_empty(body), parse(body).is_empty(), "{body:?}");
         }
-        assert!(arena.get(arena.len()).is_none());
     }
 
     #[test]
@@ -239,13 +525,53 @@ mod tests {
         }
 
         #[test]
-        fn arena_equals_parse_on_any_bytes(s in proptest::collection::vec(any::<u8>(), 0..96)) {
-            let arena = Decoded::parse(&s);
-            let parsed = parse(&s);
-            prop_assert_eq!(arena.len(), parsed.len());
-            for ((k, v), (ak, av)) in parsed.iter().zip(arena.iter()) {
-                prop_assert_eq!((&**k, &**v), (ak, av));
+        fn split_raw_equals_parse_on_any_bytes(s in proptest::collection::vec(any::<u8>(), 0..96)) {
+            prop_assert_eq!(split_then_decode(&s), parse_owned(&s));
+            prop_assert_eq!(is_empty(&s), parse(&s).is_empty());
+        }
+
+        #[test]
+        fn split_raw_equals_parse_on_form_like_bytes(s in proptest::collection::vec(proptest::sample::select(b"&=%+aB0fZ\xff".to_vec()), 0..96)) {
+            prop_assert_eq!(split_then_decode(&s), parse_owned(&s));
+            prop_assert_eq!(is_empty(&s), parse(&s).is_empty());
+        }
+
+        #[test]
+        fn concat_if_ordered_is_parse_concatenated(s in proptest::collection::vec(proptest::sample::select(b"&&==%%++aabB0fF1\xff".to_vec()), 0..128)) {
+            let want: Vec<u8> = parse_owned(&s).into_iter().flat_map(|(k, v)| [k, v]).flatten().collect();
+            for equal_names in [false, true] {
+                if let Some(got) = concat_if_ordered(&s, equal_names) {
+                    prop_assert_eq!(got, want.clone());
+                }
             }
+        }
+
+        #[test]
+        fn concat_if_ordered_takes_ordered_bodies(
+            names in proptest::collection::btree_set("[a-e]{0,3}", 0..10),
+            values in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(b"==%%++aF1\xff\x00&".to_vec()), 0..40), 10),
+            empties in proptest::collection::vec(any::<bool>(), 10),
+        ) {
+            let mut body = Vec::new();
+            for ((name, value), empty) in names.iter().zip(&values).zip(&empties) {
+                body.extend_from_slice(name.as_bytes());
+                body.push(b'=');
+                // `&` in a value starts another segment: keep the values free of it.
+                body.extend(value.iter().copied().filter(|&b| b != b'&'));
+                body.push(b'&');
+                if *empty {
+                    body.push(b'&');
+                }
+            }
+            let want: Vec<u8> = parse_owned(&body).into_iter().flat_map(|(k, v)| [k, v]).flatten().collect();
+            prop_assert_eq!(concat_if_ordered(&body, false), Some(want.clone()));
+            prop_assert_eq!(concat_if_ordered(&body, true), Some(want));
+        }
+
+        #[test]
+        fn bytes_cmp_is_slice_cmp(a in proptest::collection::vec(0u8..4, 0..20), b in proptest::collection::vec(0u8..4, 0..20)) {
+            prop_assert_eq!(bytes_cmp(&a, &b), a.cmp(&b));
+            prop_assert_eq!(bytes_cmp(&a, &a), std::cmp::Ordering::Equal);
         }
 
         #[test]

@@ -23,10 +23,7 @@ use std::borrow::Cow;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::twilio::{
-    body_hash_matches, body_sha256_param, canonical_order, canonical_params, feed_params, KeyedMac,
-    Repeats,
-};
+use super::twilio::{body_hash_matches, body_sha256_param, canonical_params, KeyedMac, Repeats};
 use super::{
     no_lints, parse_options, same_key, Options, ProviderSpec, Settings, SignInput, Signed, Verifier,
 };
@@ -208,16 +205,22 @@ impl SignalWire {
         tag: &[u8],
     ) -> Result<Verified, Reject> {
         // The SDK parses every body as a form, whatever its content type.
-        let pairs = form::Decoded::parse(req.body);
-        let params = canonical_params(&pairs, &canonical_order(&pairs, Repeats::SubmissionOrder));
+        let params = canonical_params(req.body, Repeats::SubmissionOrder);
+        let no_pairs = form::is_empty(req.body);
         let mut hash_mismatch = false;
-        for candidate in candidate_urls(req.url) {
+        // `candidate_urls` starts with the URL as received, by far the likeliest: the others
+        // (which cost a parse and two allocations) are only built when it does not match.
+        let candidates = std::iter::once(Cow::Borrowed(req.url)).chain(
+            std::iter::once_with(|| candidate_urls(req.url))
+                .flat_map(|all| all.into_iter().skip(1)),
+        );
+        for candidate in candidates {
             let body_hash = Url::parse(&candidate)
                 .ok()
                 .and_then(|u| body_sha256_param(&u));
             // Parsed parameters first, then none (JSON on the compatibility surface); the latter
             // only when something binds the body, or there is no body.
-            let shapes: &[bool] = if pairs.is_empty() {
+            let shapes: &[bool] = if no_pairs {
                 &[false]
             } else if body_hash.is_some() || req.body.is_empty() {
                 &[true, false]
@@ -246,7 +249,7 @@ impl SignalWire {
         if hash_mismatch {
             return Err(Reject::BodyHashMismatch);
         }
-        if !pairs.is_empty() && !req.body.is_empty() {
+        if !no_pairs && !req.body.is_empty() {
             // Tell apart a URL-only signature over an uncovered body, which the SDK would accept.
             let url_only = keys.iter().any(|key| {
                 candidate_urls(req.url).iter().any(|c| {
@@ -320,9 +323,7 @@ fn sign(opts: &Options, secret: &Secret, input: &SignInput) -> Result<Signed, Si
     if is_form(input.content_type.as_deref()) {
         let mut mac = KeyedMac::sha1(key)?;
         mac.update(input.url.as_bytes());
-        let pairs = form::Decoded::parse(&input.body);
-        let order = canonical_order(&pairs, Repeats::SubmissionOrder);
-        feed_params(&pairs, &order, |b| mac.update(b));
+        mac.update(&canonical_params(&input.body, Repeats::SubmissionOrder));
         headers.push((SIGNATURE.to_owned(), b64(&mac.finalize())));
     } else {
         // RELAY/SWML requests carry both the SHA-1 and the SHA-256 signature of url + body.

@@ -53,6 +53,35 @@ const SIGNATURE: &str = "x-twilio-signature";
 const SETTINGS: &str = "x-twilio-webhooks-signature-settings";
 const IDEMPOTENCY: &str = "i-twilio-idempotency-token";
 const BODY_SHA256: &[u8] = b"bodySHA256";
+// Prebuilt: a lookup by `&str` parses and validates the name on every request.
+static SIGNATURE_NAME: http::HeaderName = http::HeaderName::from_static(SIGNATURE);
+static SETTINGS_NAME: http::HeaderName = http::HeaderName::from_static(SETTINGS);
+
+/// [`Request::header`] by a prebuilt name: the same answers (absent, the single value as text, a
+/// repeated or non-ASCII value refused), without parsing `name` per request.
+fn header<'a>(
+    req: &Request<'a>,
+    name: &http::HeaderName,
+    label: &'static str,
+) -> Result<Option<&'a str>, Reject> {
+    let mut values = req.headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Reject::HeaderMalformed {
+            header: label,
+            why: "repeated",
+        });
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| Reject::HeaderMalformed {
+            header: label,
+            why: "not visible ASCII",
+        })
+}
 
 /// Route options.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -158,41 +187,94 @@ pub(crate) enum Repeats {
     SubmissionOrder,
 }
 
-/// The order in which `pairs` enter the canonical string: indices, so nothing is copied.
-/// Names (and, for Twilio, values) compare as bytes, which for UTF-8 is code-point order.
-pub(crate) fn canonical_order(pairs: &form::Decoded, repeats: Repeats) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
-    let pair = |i: usize| pairs.get(i);
-    match repeats {
-        Repeats::SortedDeduped => {
-            order.sort_unstable_by(|&a, &b| pair(a).cmp(&pair(b)));
-            order.dedup_by(|a, b| pair(*a) == pair(*b));
-        }
-        Repeats::SubmissionOrder => {
-            order.sort_by(|&a, &b| pair(a).map(|p| p.0).cmp(&pair(b).map(|p| p.0)));
-        }
+/// The parameters' part of the canonical string: for each pair in canonical order, the decoded
+/// name followed by the decoded value, contiguous so a MAC takes it in one update (dozens of small
+/// updates cost more than hashing the bytes). Names (and, for Twilio, values) compare as bytes,
+/// which for UTF-8 is code-point order.
+///
+/// The body is split without decoding; when no name is escaped (Twilio never escapes one) names
+/// compare raw, the sort is skipped when the body is already in order, and components are copied
+/// or decoded straight into the output. Anything else (an escaped name, or a repeated name under
+/// Twilio's value sort and de-duplication) takes the general path: decode, sort, concatenate.
+pub(crate) fn canonical_params(body: &[u8], repeats: Repeats) -> Vec<u8> {
+    let equal_names = repeats == Repeats::SubmissionOrder;
+    if let Some(out) = form::concat_if_ordered(body, equal_names) {
+        return out;
     }
-    order
-}
-
-/// The parameters' part of the canonical string, contiguous, so a MAC takes it in one update:
-/// dozens of small updates cost more than hashing the bytes.
-pub(crate) fn canonical_params(pairs: &form::Decoded, order: &[usize]) -> Vec<u8> {
-    let len = order
-        .iter()
-        .filter_map(|&i| pairs.get(i))
-        .map(|(k, v)| k.len() + v.len())
-        .sum();
-    let mut out = Vec::with_capacity(len);
-    feed_params(pairs, order, |b| out.extend_from_slice(b));
+    let mut pairs = Vec::with_capacity(32);
+    form::split_raw(body, &mut pairs);
+    // Decoding never lengthens a component and the separators are dropped.
+    let mut out = Vec::with_capacity(body.len());
+    match fast_order(&pairs, repeats) {
+        Some(FastOrder::AsReceived) => pairs.iter().for_each(|p| p.push_decoded_to(&mut out)),
+        Some(FastOrder::Sorted(order)) => order
+            .iter()
+            .filter_map(|&i| pairs.get(i))
+            .for_each(|p| p.push_decoded_to(&mut out)),
+        None => canonical_params_decoded(body, repeats, &mut out),
+    }
     out
 }
 
-/// Feeds `name + value` for each pair in `order` into `sink`.
-pub(crate) fn feed_params(pairs: &form::Decoded, order: &[usize], mut sink: impl FnMut(&[u8])) {
-    for (k, v) in order.iter().filter_map(|&i| pairs.get(i)) {
-        sink(k);
-        sink(v);
+/// The canonical order when raw names decide it.
+enum FastOrder {
+    /// The pairs are already in canonical order, with nothing to remove.
+    AsReceived,
+    /// Indices into the pairs, in canonical order.
+    Sorted(Vec<usize>),
+}
+
+/// `None` when decoding is needed to order the pairs: a name is escaped, or (Twilio) a name is
+/// repeated, so its values must be compared decoded and identical pairs dropped.
+fn fast_order(pairs: &[form::RawPair<'_>], repeats: Repeats) -> Option<FastOrder> {
+    if pairs.iter().any(|p| p.name_escaped) {
+        return None;
+    }
+    let repeats_kept = repeats == Repeats::SubmissionOrder;
+    let mut in_order = true;
+    for w in pairs.windows(2) {
+        if let [a, b] = w {
+            match a.name.cmp(b.name) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal if repeats_kept => {}
+                std::cmp::Ordering::Equal => return None,
+                std::cmp::Ordering::Greater => {
+                    in_order = false;
+                    break;
+                }
+            }
+        }
+    }
+    if in_order {
+        return Some(FastOrder::AsReceived);
+    }
+    let name = |i: usize| pairs.get(i).map(|p| p.name);
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    // Stable: SignalWire keeps a repeated name's values in submission order.
+    order.sort_by(|&a, &b| name(a).cmp(&name(b)));
+    if !repeats_kept
+        && order
+            .windows(2)
+            .any(|w| w.first().map(|&i| name(i)) == w.get(1).map(|&i| name(i)))
+    {
+        return None;
+    }
+    Some(FastOrder::Sorted(order))
+}
+
+/// The general path of [`canonical_params`]: every pair decoded, sorted, concatenated.
+fn canonical_params_decoded(body: &[u8], repeats: Repeats, out: &mut Vec<u8>) {
+    let mut pairs = form::parse(body);
+    match repeats {
+        Repeats::SortedDeduped => {
+            pairs.sort_unstable();
+            pairs.dedup();
+        }
+        Repeats::SubmissionOrder => pairs.sort_by(|a, b| a.0.cmp(&b.0)),
+    }
+    for (k, v) in &pairs {
+        out.extend_from_slice(k);
+        out.extend_from_slice(v);
     }
 }
 
@@ -261,11 +343,11 @@ enum Covered {
 
 impl Verifier for Twilio {
     fn verify(&self, req: &Request<'_>, now: i64) -> Result<Verified, Reject> {
-        let sig_text =
-            req.require_header(SIGNATURE, Reject::SignatureMissing { header: SIGNATURE })?;
+        let sig_text = header(req, &SIGNATURE_NAME, SIGNATURE)?
+            .ok_or(Reject::SignatureMissing { header: SIGNATURE })?;
 
         let mut preferred_key = None;
-        if let Some(settings) = req.header(SETTINGS)? {
+        if let Some(settings) = header(req, &SETTINGS_NAME, SETTINGS)? {
             if let Some(alg) = settings_item(settings, "algorithm") {
                 if !alg.eq_ignore_ascii_case(self.alg.settings_name()) {
                     return Err(Reject::Unsupported {
@@ -297,9 +379,7 @@ impl Verifier for Twilio {
         let covered = if body_hash.is_some() {
             Covered::UrlOnly
         } else if req.is_form() {
-            let pairs = form::Decoded::parse(req.body);
-            let order = canonical_order(&pairs, Repeats::SortedDeduped);
-            Covered::Form(canonical_params(&pairs, &order))
+            Covered::Form(canonical_params(req.body, Repeats::SortedDeduped))
         } else if req.body.is_empty() {
             Covered::UrlOnly
         } else {
@@ -310,18 +390,15 @@ impl Verifier for Twilio {
             });
         };
 
-        let live: Vec<&PreparedKey<KeyedMac>> = {
-            let mut live: Vec<_> = self.keys.live(now)?.collect();
-            if let Some(id) = preferred_key {
-                if let Some(pos) = live.iter().position(|k| &*k.label == id) {
-                    live[..=pos].rotate_right(1);
-                }
-            }
-            live
-        };
+        // The live keys, the one the settings header names first; no allocation.
+        let live = self.keys.live(now)?;
+        let preferred = preferred_key.and_then(|id| live.clone().find(|k| &*k.label == id));
+        let live = preferred
+            .into_iter()
+            .chain(live.filter(move |k| !preferred.is_some_and(|p| std::ptr::eq(p, *k))));
 
         let try_url = |candidate: &str| -> Option<&PreparedKey<KeyedMac>> {
-            live.iter().copied().find(|key| {
+            live.clone().find(|key| {
                 let mut mac = key.state.clone();
                 mac.update(candidate.as_bytes());
                 if let Covered::Form(params) = &covered {
@@ -532,9 +609,7 @@ fn sign(opts: &Options, secret: &Secret, input: &SignInput) -> Result<Signed, Si
     }
     mac.update(url.as_bytes());
     if is_form {
-        let pairs = form::Decoded::parse(&input.body);
-        let order = canonical_order(&pairs, Repeats::SortedDeduped);
-        feed_params(&pairs, &order, |b| mac.update(b));
+        mac.update(&canonical_params(&input.body, Repeats::SortedDeduped));
     }
     let mut headers = vec![(SIGNATURE.to_owned(), b64(&mac.finalize()))];
     if o.algorithm != Algorithm::HmacSha1 {
@@ -1116,6 +1191,73 @@ mod tests {
         );
     }
 
+    /// The straightforward canonicaliser, the specification of the fast one: decode every pair,
+    /// sort (Twilio: by name then value, identical pairs once; SignalWire: stable by name),
+    /// concatenate.
+    fn reference_params(body: &[u8], repeats: Repeats) -> Vec<u8> {
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = form::parse(body)
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        match repeats {
+            Repeats::SortedDeduped => {
+                pairs.sort();
+                pairs.dedup();
+            }
+            Repeats::SubmissionOrder => pairs.sort_by(|a, b| a.0.cmp(&b.0)),
+        }
+        pairs
+            .into_iter()
+            .flat_map(|(k, v)| [k, v])
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn canonical_params_takes_every_path() {
+        for (body, repeats) in [
+            (&b"a=1&b=2&c=3"[..], Repeats::SortedDeduped),
+            (b"c=3&a=1&b=%2B2", Repeats::SortedDeduped),
+            (b"a=2&a=1&a=2&b", Repeats::SortedDeduped),
+            (b"b=1&a=2&a=1", Repeats::SubmissionOrder),
+            (b"a=2&a=1", Repeats::SubmissionOrder),
+            (b"%62=1&a=2", Repeats::SortedDeduped),
+            (b"a+b=1&a%20a=2&a", Repeats::SubmissionOrder),
+            (b"x=100%&y=%4&z=%zz+%41", Repeats::SortedDeduped),
+            (b"", Repeats::SortedDeduped),
+            (b"&&", Repeats::SubmissionOrder),
+        ] {
+            assert_eq!(
+                canonical_params(body, repeats),
+                reference_params(body, repeats),
+                "{body:?} {repeats:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn prebuilt_header_lookup_answers_as_request_header() {
+        let mut h = HeaderMap::new();
+        h.insert(SIGNATURE, "abc".parse().unwrap());
+        h.append(SETTINGS, "a".parse().unwrap());
+        h.append(SETTINGS, "b".parse().unwrap());
+        let bad = http::HeaderValue::from_bytes(b"\xffx").unwrap();
+        h.insert("x-other", bad);
+        let req = Request {
+            method: "POST",
+            url: BASE,
+            headers: &h,
+            body: b"",
+        };
+        for (name, label) in [(&SIGNATURE_NAME, SIGNATURE), (&SETTINGS_NAME, SETTINGS)] {
+            assert_eq!(header(&req, name, label), req.header(label));
+        }
+        let other = http::HeaderName::from_static("x-other");
+        assert_eq!(header(&req, &other, "x-other"), req.header("x-other"));
+        let absent = http::HeaderName::from_static("x-absent");
+        assert_eq!(header(&req, &absent, "x-absent"), Ok(None));
+    }
+
     #[test]
     fn sample_is_realistic() {
         let s = sample(&Options::new(), "https://x/");
@@ -1127,19 +1269,52 @@ mod tests {
         #[test]
         fn canonical_order_is_sorted_and_deduped(pairs in proptest::collection::vec(("[a-c]{0,2}", "[x-z]{0,2}"), 0..12)) {
             let body = form::encode_pairs(&pairs);
-            let owned = form::Decoded::parse(body.as_bytes());
-            let order = canonical_order(&owned, Repeats::SortedDeduped);
             let mut want: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             want.sort();
             want.dedup();
-            let got: Vec<(&str, &str)> = order.iter().map(|&i| (pairs[i].0.as_str(), pairs[i].1.as_str())).collect();
-            prop_assert_eq!(got, want);
+            let want: String = want.iter().flat_map(|(k, v)| [*k, *v]).collect();
+            prop_assert_eq!(canonical_params(body.as_bytes(), Repeats::SortedDeduped), want.into_bytes());
 
-            let order = canonical_order(&owned, Repeats::SubmissionOrder);
             let mut want: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             want.sort_by(|a, b| a.0.cmp(b.0));
-            let got: Vec<(&str, &str)> = order.iter().map(|&i| (pairs[i].0.as_str(), pairs[i].1.as_str())).collect();
-            prop_assert_eq!(got, want);
+            let want: String = want.iter().flat_map(|(k, v)| [*k, *v]).collect();
+            prop_assert_eq!(canonical_params(body.as_bytes(), Repeats::SubmissionOrder), want.into_bytes());
+        }
+
+        #[test]
+        fn canonical_params_equals_reference_on_any_bytes(body in proptest::collection::vec(any::<u8>(), 0..128)) {
+            for repeats in [Repeats::SortedDeduped, Repeats::SubmissionOrder] {
+                prop_assert_eq!(canonical_params(&body, repeats), reference_params(&body, repeats));
+            }
+        }
+
+        #[test]
+        fn canonical_params_equals_reference_on_form_like_bytes(
+            body in proptest::collection::vec(proptest::sample::select(b"&&==%%++aabB0fF1\xff\xc3".to_vec()), 0..128)
+        ) {
+            for repeats in [Repeats::SortedDeduped, Repeats::SubmissionOrder] {
+                prop_assert_eq!(canonical_params(&body, repeats), reference_params(&body, repeats));
+            }
+        }
+
+        #[test]
+        fn canonical_params_equals_reference_on_encoded_pairs(
+            pairs in proptest::collection::vec(("[a-dA%+=&]{0,3}", "[x-z +%=&\u{e9}]{0,3}"), 0..16),
+            raw_tail in "[a-c=%+&]{0,6}",
+            shuffle in any::<bool>(),
+        ) {
+            let mut pairs = pairs;
+            if shuffle {
+                pairs.reverse();
+            } else {
+                pairs.sort();
+            }
+            let mut body = form::encode_pairs(&pairs);
+            // Some bodies keep their escapes undecoded or add raw `+`, `%` and `=`.
+            body.push_str(&raw_tail);
+            for repeats in [Repeats::SortedDeduped, Repeats::SubmissionOrder] {
+                prop_assert_eq!(canonical_params(body.as_bytes(), repeats), reference_params(body.as_bytes(), repeats));
+            }
         }
 
         #[test]
