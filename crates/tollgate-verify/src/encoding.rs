@@ -63,6 +63,23 @@ pub fn b64_key(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// Standard base64 with or without padding, decoded into `out` (no allocation); `None` unless it
+/// decodes to exactly `out.len()` bytes.
+pub fn b64_exact(s: &str, out: &mut [u8]) -> Option<()> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    // Room for the decoder's worst-case estimate, so a long input is an error, not a panic.
+    let mut buf = [0u8; 96];
+    if s.len() > 128 || out.len() > buf.len() {
+        return None;
+    }
+    let n = LENIENT.decode_slice(s.trim(), &mut buf).ok()?;
+    (n == out.len()).then(|| out.copy_from_slice(&buf[..n]))
+}
+
 /// Base64url without padding (JWT segments).
 pub fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
@@ -83,6 +100,20 @@ mod tests {
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
         assert!(ct_eq(b"", b""));
+    }
+
+    #[test]
+    fn b64_exact_needs_the_exact_length_and_never_panics() {
+        let mut out = [0u8; 3];
+        assert_eq!(b64_exact("AAEC", &mut out), Some(()));
+        assert_eq!(out, [0, 1, 2]);
+        let mut two = [0u8; 2];
+        assert_eq!(b64_exact("AAE", &mut two), Some(()));
+        assert_eq!(b64_exact("AAE=", &mut two), Some(()));
+        assert_eq!(b64_exact("AAEC", &mut two), None);
+        assert_eq!(b64_exact("!!!!", &mut out), None);
+        assert_eq!(b64_exact(&"A".repeat(200), &mut out), None);
+        assert_eq!(b64_exact("", &mut [0u8; 0]), Some(()));
     }
 
     #[test]

@@ -1,9 +1,32 @@
 //! The request as the provider sent it: nothing here is normalised, decoded or re-serialised,
 //! because every scheme signs exact bytes.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::reject::Reject;
+
+/// A header a scheme reads, named once at compile time: the lookup key and the name a
+/// [`Reject`] reports.
+#[derive(Debug)]
+pub struct Known {
+    name: HeaderName,
+    label: &'static str,
+}
+
+impl Known {
+    /// `label` must be a lowercase, valid header name (checked at compile time in a `static`).
+    pub const fn new(label: &'static str) -> Self {
+        Known {
+            name: HeaderName::from_static(label),
+            label,
+        }
+    }
+
+    /// The name as reported in rejections.
+    pub const fn label(&self) -> &'static str {
+        self.label
+    }
+}
 
 /// A received webhook, borrowed from wherever the caller keeps it.
 #[derive(Debug, Clone, Copy)]
@@ -24,23 +47,13 @@ impl<'a> Request<'a> {
     /// is not visible ASCII is [`Reject::HeaderMalformed`], because two candidate signatures or
     /// timestamps make a request ambiguous.
     pub fn header(&self, name: &'static str) -> Result<Option<&'a str>, Reject> {
-        let mut values = self.headers.get_all(name).iter();
-        let Some(first) = values.next() else {
-            return Ok(None);
-        };
-        if values.next().is_some() {
-            return Err(Reject::HeaderMalformed {
-                header: name,
-                why: "repeated",
-            });
-        }
-        first
-            .to_str()
-            .map(Some)
-            .map_err(|_| Reject::HeaderMalformed {
-                header: name,
-                why: "not visible ASCII",
-            })
+        single(self.headers.get_all(name).iter(), name)
+    }
+
+    /// [`Request::header`] by a prebuilt name: the same answers without parsing and validating
+    /// the name on every request (a measurable share of a short verification).
+    pub fn header_named(&self, name: &Known) -> Result<Option<&'a str>, Reject> {
+        single(self.headers.get_all(&name.name).iter(), name.label)
     }
 
     /// Like [`Request::header`], but absence is `missing`.
@@ -80,4 +93,27 @@ impl<'a> Request<'a> {
     {
         Request { body, ..*self }
     }
+}
+
+/// The one value of a header, as text.
+fn single<'a>(
+    mut values: http::header::ValueIter<'a, http::HeaderValue>,
+    label: &'static str,
+) -> Result<Option<&'a str>, Reject> {
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Reject::HeaderMalformed {
+            header: label,
+            why: "repeated",
+        });
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| Reject::HeaderMalformed {
+            header: label,
+            why: "not visible ASCII",
+        })
 }

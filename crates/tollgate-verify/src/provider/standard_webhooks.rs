@@ -13,9 +13,9 @@ use sha2::Sha256;
 use super::{
     no_lints, parse_options, Options, ProviderSpec, Settings, SignInput, Signed, Verifier,
 };
-use crate::encoding::{b64, b64_key, ct_eq, MAX_SIGNATURE_LEN};
+use crate::encoding::{b64, b64_exact, b64_key, ct_eq, MAX_SIGNATURE_LEN};
 use crate::reject::{BuildError, Reject, SignError};
-use crate::request::Request;
+use crate::request::{Known, Request};
 use crate::secret::{KeyRing, Prepared, Secret};
 use crate::time::{check_window, parse_unix};
 use crate::verified::Verified;
@@ -92,27 +92,29 @@ fn hmac_key(text: &str) -> Result<Hmac<Sha256>, BuildError> {
 }
 
 /// Reads a header under its `webhook-` name, falling back to the `svix-` one.
-fn header<'a>(req: &Request<'a>, name: &'static str) -> Result<Option<&'a str>, Reject> {
-    match req.header(name)? {
+static ID_H: [Known; 2] = [Known::new(ID), Known::new("svix-id")];
+static TIMESTAMP_H: [Known; 2] = [Known::new(TIMESTAMP), Known::new("svix-timestamp")];
+static SIGNATURE_H: [Known; 2] = [Known::new(SIGNATURE), Known::new("svix-signature")];
+
+/// Reads a header under its `webhook-` name, falling back to the `svix-` one.
+fn header<'a>(req: &Request<'a>, names: &[Known; 2]) -> Result<Option<&'a str>, Reject> {
+    match req.header_named(&names[0])? {
         Some(v) => Ok(Some(v)),
-        None => req.header(svix_name(name)),
+        None => req.header_named(&names[1]),
     }
 }
 
-fn svix_name(name: &'static str) -> &'static str {
-    match name {
-        ID => "svix-id",
-        TIMESTAMP => "svix-timestamp",
-        _ => "svix-signature",
-    }
-}
+/// Signatures considered from one header; a rotation list is two or three long, and more than
+/// this is not a sender following the spec.
+const MAX_SIGNATURES: usize = 8;
 
 impl Verifier for StandardWebhooks {
     fn verify(&self, req: &Request<'_>, now: i64) -> Result<Verified, Reject> {
-        let id = header(req, ID)?.ok_or(Reject::SignatureMissing { header: ID })?;
+        let id = header(req, &ID_H)?.ok_or(Reject::SignatureMissing { header: ID })?;
         let ts_text =
-            header(req, TIMESTAMP)?.ok_or(Reject::TimestampMissing { header: TIMESTAMP })?;
-        let sigs = header(req, SIGNATURE)?.ok_or(Reject::SignatureMissing { header: SIGNATURE })?;
+            header(req, &TIMESTAMP_H)?.ok_or(Reject::TimestampMissing { header: TIMESTAMP })?;
+        let sigs =
+            header(req, &SIGNATURE_H)?.ok_or(Reject::SignatureMissing { header: SIGNATURE })?;
         let ts = parse_unix(ts_text, TIMESTAMP)?;
         check_window(ts, now, self.tolerance_secs)?;
         if sigs.len() > 16 * MAX_SIGNATURE_LEN {
@@ -124,17 +126,37 @@ impl Verifier for StandardWebhooks {
 
         // Decode the list once; unknown versions are skipped (the spec says so, for forward
         // compatibility), but a list with nothing usable in it is malformed.
-        let mut v1: Vec<Vec<u8>> = Vec::new();
-        let mut v1a: Vec<Signature> = Vec::new();
+        // Decoded on the stack: this runs for every request, forged or not.
+        let mut v1_buf = [[0u8; 32]; MAX_SIGNATURES];
+        let mut n1 = 0;
+        let mut v1a_buf = [[0u8; 64]; MAX_SIGNATURES];
+        let mut n1a = 0;
         for item in sigs.split(' ').filter(|s| !s.is_empty()) {
             match item.split_once(',') {
-                Some(("v1", sig)) => v1.extend(b64_key(sig).filter(|b| b.len() == 32)),
-                Some(("v1a", sig)) => {
-                    v1a.extend(b64_key(sig).and_then(|b| Signature::from_slice(&b).ok()));
+                Some(("v1", sig)) if n1 < MAX_SIGNATURES => {
+                    if let Some(slot) = v1_buf.get_mut(n1) {
+                        if b64_exact(sig, slot).is_some() {
+                            n1 += 1;
+                        }
+                    }
+                }
+                Some(("v1a", sig)) if n1a < MAX_SIGNATURES => {
+                    if let Some(slot) = v1a_buf.get_mut(n1a) {
+                        if b64_exact(sig, slot).is_some() {
+                            n1a += 1;
+                        }
+                    }
                 }
                 _ => {}
             }
         }
+        let v1 = v1_buf.get(..n1).unwrap_or_default();
+        let v1a: Vec<Signature> = v1a_buf
+            .get(..n1a)
+            .unwrap_or_default()
+            .iter()
+            .map(Signature::from_bytes)
+            .collect();
         if v1.is_empty() && v1a.is_empty() {
             return Err(Reject::SignatureMalformed {
                 header: SIGNATURE,

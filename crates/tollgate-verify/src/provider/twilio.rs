@@ -32,7 +32,7 @@ use super::{
 use crate::encoding::{b64, b64_signature, ct_eq};
 use crate::form;
 use crate::reject::{BuildError, Reject, SignError};
-use crate::request::Request;
+use crate::request::{Known, Request};
 use crate::secret::{KeyRing, Prepared, PreparedKey, Secret};
 use crate::url::Url;
 use crate::verified::Verified;
@@ -53,35 +53,8 @@ const SIGNATURE: &str = "x-twilio-signature";
 const SETTINGS: &str = "x-twilio-webhooks-signature-settings";
 const IDEMPOTENCY: &str = "i-twilio-idempotency-token";
 const BODY_SHA256: &[u8] = b"bodySHA256";
-// Prebuilt: a lookup by `&str` parses and validates the name on every request.
-static SIGNATURE_NAME: http::HeaderName = http::HeaderName::from_static(SIGNATURE);
-static SETTINGS_NAME: http::HeaderName = http::HeaderName::from_static(SETTINGS);
-
-/// [`Request::header`] by a prebuilt name: the same answers (absent, the single value as text, a
-/// repeated or non-ASCII value refused), without parsing `name` per request.
-fn header<'a>(
-    req: &Request<'a>,
-    name: &http::HeaderName,
-    label: &'static str,
-) -> Result<Option<&'a str>, Reject> {
-    let mut values = req.headers.get_all(name).iter();
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(Reject::HeaderMalformed {
-            header: label,
-            why: "repeated",
-        });
-    }
-    first
-        .to_str()
-        .map(Some)
-        .map_err(|_| Reject::HeaderMalformed {
-            header: label,
-            why: "not visible ASCII",
-        })
-}
+static SIGNATURE_NAME: Known = Known::new(SIGNATURE);
+static SETTINGS_NAME: Known = Known::new(SETTINGS);
 
 /// Route options.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -343,11 +316,12 @@ enum Covered {
 
 impl Verifier for Twilio {
     fn verify(&self, req: &Request<'_>, now: i64) -> Result<Verified, Reject> {
-        let sig_text = header(req, &SIGNATURE_NAME, SIGNATURE)?
+        let sig_text = req
+            .header_named(&SIGNATURE_NAME)?
             .ok_or(Reject::SignatureMissing { header: SIGNATURE })?;
 
         let mut preferred_key = None;
-        if let Some(settings) = header(req, &SETTINGS_NAME, SETTINGS)? {
+        if let Some(settings) = req.header_named(&SETTINGS_NAME)? {
             if let Some(alg) = settings_item(settings, "algorithm") {
                 if !alg.eq_ignore_ascii_case(self.alg.settings_name()) {
                     return Err(Reject::Unsupported {
@@ -1249,13 +1223,13 @@ mod tests {
             headers: &h,
             body: b"",
         };
-        for (name, label) in [(&SIGNATURE_NAME, SIGNATURE), (&SETTINGS_NAME, SETTINGS)] {
-            assert_eq!(header(&req, name, label), req.header(label));
+        for name in [&SIGNATURE_NAME, &SETTINGS_NAME] {
+            assert_eq!(req.header_named(name), req.header(name.label()));
         }
-        let other = http::HeaderName::from_static("x-other");
-        assert_eq!(header(&req, &other, "x-other"), req.header("x-other"));
-        let absent = http::HeaderName::from_static("x-absent");
-        assert_eq!(header(&req, &absent, "x-absent"), Ok(None));
+        static OTHER: Known = Known::new("x-other");
+        assert_eq!(req.header_named(&OTHER), req.header("x-other"));
+        static ABSENT: Known = Known::new("x-absent");
+        assert_eq!(req.header_named(&ABSENT), Ok(None));
     }
 
     #[test]
