@@ -564,6 +564,7 @@ def run_phase(seed, schemes, n):
                 return
             ST.ok("gateway", "lifecycle")
         deadline = time.monotonic() + DEADLINE_S
+        I.preload_sdks()  # before the pool: see interop.SDK_MODULES
         with ThreadPoolExecutor(max_workers=int(os.environ.get("INTEROP_JOBS", "4"))) as ex:
             for f in [ex.submit(run_scheme, r, gws, up, seed, n, deadline) for r in routes]:
                 f.result()

@@ -1158,6 +1158,33 @@ def tg_to_sdk_case(s: Scheme, seed: int, i: int):
                                       "args": args, "request": p.stdout.decode("utf-8", "replace")})
 
 
+# Every SDK module the checks import lazily. They are imported once in the main thread before the
+# worker pool starts: concurrent first imports of a namespace package (sinch's) race inside
+# importlib and fail with KeyError on a cold interpreter.
+SDK_MODULES = [
+    "nacl.signing",
+    "plivo.utils",
+    "plivo.utils.signature_v3",
+    "signalwire.core.security.webhook_validator",
+    "standardwebhooks.webhooks",
+    "stripe",
+    "telnyx.lib.webhook_verification",
+    "twilio.request_validator",
+    "vonage_http_client.auth",
+    "vonage_jwt.verify_jwt",
+    "jwt",
+    "sinch.domains.authentication.sinch_events.v1.authentication_validation",
+    "sinch.domains.conversation.sinch_events.v1.conversation_sinch_event",
+]
+
+
+def preload_sdks():
+    import importlib
+
+    for name in SDK_MODULES:
+        importlib.import_module(name)
+
+
 def main():
     seed = int(os.environ.get("INTEROP_SEED") or random.SystemRandom().randint(1, 2 ** 31))
     n = int(os.environ.get("INTEROP_N", "120"))
@@ -1168,6 +1195,7 @@ def main():
           f"{' SELFTEST (SDK only)' if SELFTEST else ''}", flush=True)
     t0 = time.monotonic()
     jobs = []
+    preload_sdks()
     with ThreadPoolExecutor(max_workers=int(os.environ.get("INTEROP_JOBS", "4"))) as ex:
         for s in schemes:
             for i in range(n):
