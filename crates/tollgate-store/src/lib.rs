@@ -21,6 +21,7 @@ use std::time::Duration;
 pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod group_commit;
 pub mod memory;
 pub mod queue;
 #[cfg(feature = "conformance")]

@@ -20,21 +20,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::clock::{deadline, SharedClock, SystemClock};
-use crate::{Claim, ReplayStore, StoreError, StoredResponse};
+use crate::{group_commit, Claim, ReplayStore, StoreError, StoredResponse};
 
 /// The schema this code writes, kept in `PRAGMA user_version`. A file with a newer version is
 /// refused rather than misread.
 pub const SCHEMA_VERSION: i64 = 1;
-
-/// Most operations one transaction takes; bounds the latency a batch adds to its first caller.
-const MAX_BATCH: usize = 1024;
 
 /// Most expired rows one purge step deletes, so a purge never stalls claims for long.
 const PURGE_CHUNK: i64 = 2048;
@@ -163,21 +160,12 @@ impl SqliteStore {
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = open_connection(&path, &options)?;
-        let (tx, rx) = mpsc::channel();
-        let (closed_tx, closed_rx) = oneshot::channel();
         let writer = Writer {
             conn,
             clock: options.clock,
             purge_interval: options.purge_interval,
         };
-        thread::Builder::new()
-            .name("tollgate-sqlite".into())
-            .spawn(move || {
-                writer.run(rx);
-                // The receiver is gone if the store was dropped without `close`; nobody to tell.
-                let _ = closed_tx.send(());
-            })
-            .map_err(|e| StoreError::Unavailable(Box::new(SqliteError::Spawn(e))))?;
+        let (tx, closed_rx) = group_commit::spawn("tollgate-sqlite", writer)?;
         Ok(Self {
             tx: Some(tx),
             closed: Some(closed_rx),
@@ -419,10 +407,7 @@ enum Reply {
     Count(u64),
 }
 
-struct Request {
-    op: Op,
-    reply: oneshot::Sender<Result<Reply, StoreError>>,
-}
+type Request = group_commit::Request<Op, Reply>;
 
 struct Writer {
     conn: Connection,
@@ -430,89 +415,29 @@ struct Writer {
     purge_interval: Duration,
 }
 
+impl group_commit::Work for Writer {
+    type Op = Op;
+    type Reply = Reply;
+
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn apply(&self, op: &Op) -> Result<Reply, StoreError> {
+        Writer::apply(self, op)
+    }
+
+    fn housekeeping(&self) {
+        // A failed purge is retried next interval; claims past their deadline are ignored meanwhile.
+        let _ = self.purge_all();
+    }
+
+    fn housekeeping_interval(&self) -> Duration {
+        self.purge_interval
+    }
+}
+
 impl Writer {
-    fn run(self, rx: mpsc::Receiver<Request>) {
-        let mut next_purge = Instant::now() + self.purge_interval;
-        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-        loop {
-            let wait = next_purge.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(first) => batch.push(first),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // A failed periodic purge is retried next interval; the claims it would
-                    // have freed are already ignored because their deadlines passed.
-                    let _ = self.purge_all();
-                    next_purge = Instant::now() + self.purge_interval;
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            // Whatever queued while the previous batch committed goes into this one.
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(req) => batch.push(req),
-                    Err(_) => break,
-                }
-            }
-            self.run_batch(&mut batch);
-        }
-        // Dropping the connection checkpoints the WAL into the main file.
-        drop(self.conn);
-    }
-
-    /// Runs `batch` in one transaction and answers every request only once it committed.
-    fn run_batch(&self, batch: &mut Vec<Request>) {
-        match self.try_batch(batch) {
-            Ok(replies) => {
-                for (req, reply) in batch.drain(..).zip(replies) {
-                    // A caller that gave up (its future was dropped) needs no answer.
-                    let _ = req.reply.send(Ok(reply));
-                }
-            }
-            Err(_) => {
-                self.rollback();
-                // Replay one per transaction so each caller gets its own operation's outcome:
-                // with a nearly full disk, say, a release may still succeed where a claim fails.
-                for req in batch.drain(..) {
-                    let result = self.try_batch(std::slice::from_ref(&req)).map_or_else(
-                        |e| {
-                            self.rollback();
-                            Err(e)
-                        },
-                        |mut r| {
-                            r.pop().ok_or_else(|| {
-                                StoreError::Corrupt("empty reply from a batch of one".into())
-                            })
-                        },
-                    );
-                    let _ = req.reply.send(result);
-                }
-            }
-        }
-    }
-
-    fn rollback(&self) {
-        if !self.conn.is_autocommit() {
-            // SQLite may already have rolled back (it does on SQLITE_FULL); an error here only
-            // means there was nothing left to undo.
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
-    }
-
-    fn try_batch(&self, batch: &[Request]) -> Result<Vec<Reply>, StoreError> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| query_error("begin", e))?;
-        let mut replies = Vec::with_capacity(batch.len());
-        for req in batch {
-            replies.push(self.apply(&req.op)?);
-        }
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(|e| query_error("commit", e))?;
-        Ok(replies)
-    }
-
     fn apply(&self, op: &Op) -> Result<Reply, StoreError> {
         let now = self.clock.now_ms();
         match op {
@@ -651,11 +576,11 @@ impl Writer {
                 .map_err(|e| query_error("begin", e))?;
             let n = self
                 .purge(now, PURGE_CHUNK)
-                .inspect_err(|_| self.rollback())?;
+                .inspect_err(|_| group_commit::rollback(&self.conn))?;
             self.conn
                 .execute_batch("COMMIT")
                 .map_err(|e| query_error("commit", e))
-                .inspect_err(|_| self.rollback())?;
+                .inspect_err(|_| group_commit::rollback(&self.conn))?;
             if n < PURGE_CHUNK as u64 {
                 return Ok(());
             }

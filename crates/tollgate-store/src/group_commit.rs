@@ -1,0 +1,148 @@
+//! The single writer thread behind both SQLite backends (the replay store and the queue). It
+//! groups whatever operations queue up into one `BEGIN IMMEDIATE` transaction, so many callers
+//! share one commit and one fsync, and answers each caller only after that commit. If a batch
+//! fails it is rolled back and replayed one operation per transaction, so every caller gets its
+//! own operation's outcome (on a nearly full disk a release may succeed where a claim fails).
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::sqlite::{query_error, SqliteError};
+use crate::StoreError;
+
+/// Most operations one transaction takes; bounds the latency a batch adds to its first caller.
+const MAX_BATCH: usize = 1024;
+
+/// What one backend does inside the writer's transactions.
+pub(crate) trait Work: Send + 'static {
+    /// An operation a caller sends.
+    type Op: Send + 'static;
+    /// Its answer.
+    type Reply: Send + 'static;
+
+    /// The connection the writer owns.
+    fn conn(&self) -> &Connection;
+
+    /// Runs one operation inside the current transaction.
+    fn apply(&self, op: &Self::Op) -> Result<Self::Reply, StoreError>;
+
+    /// Periodic clean-up between batches; a failure is simply retried next interval.
+    fn housekeeping(&self);
+
+    /// How often [`Work::housekeeping`] runs.
+    fn housekeeping_interval(&self) -> Duration;
+}
+
+/// An operation and where its answer goes.
+pub(crate) struct Request<O, R> {
+    pub(crate) op: O,
+    pub(crate) reply: oneshot::Sender<Result<R, StoreError>>,
+}
+
+/// The sending side of a writer, and a signal that fires once its thread has finished (after
+/// the last sender is dropped and the connection is closed).
+pub(crate) type Handle<W> = (
+    mpsc::Sender<Request<<W as Work>::Op, <W as Work>::Reply>>,
+    oneshot::Receiver<()>,
+);
+
+/// Starts the writer thread for `work`.
+pub(crate) fn spawn<W: Work>(name: &str, work: W) -> Result<Handle<W>, StoreError> {
+    let (tx, rx) = mpsc::channel();
+    let (closed_tx, closed_rx) = oneshot::channel();
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            run(work, rx);
+            // The receiver is gone if the owner was dropped without `close`; nobody to tell.
+            let _ = closed_tx.send(());
+        })
+        .map_err(|e| StoreError::Unavailable(Box::new(SqliteError::Spawn(e))))?;
+    Ok((tx, closed_rx))
+}
+
+fn run<W: Work>(work: W, rx: mpsc::Receiver<Request<W::Op, W::Reply>>) {
+    let interval = work.housekeeping_interval();
+    let mut next_housekeeping = Instant::now() + interval;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let wait = next_housekeeping.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(first) => batch.push(first),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                work.housekeeping();
+                next_housekeeping = Instant::now() + interval;
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        // Whatever queued while the previous batch committed goes into this one.
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        run_batch(&work, &mut batch);
+    }
+    // Dropping the connection (with `work`) checkpoints the WAL into the main file.
+}
+
+/// Runs `batch` in one transaction and answers every request only once it committed.
+fn run_batch<W: Work>(work: &W, batch: &mut Vec<Request<W::Op, W::Reply>>) {
+    match try_batch(work, batch) {
+        Ok(replies) => {
+            for (req, reply) in batch.drain(..).zip(replies) {
+                // A caller that gave up (its future was dropped) needs no answer.
+                let _ = req.reply.send(Ok(reply));
+            }
+        }
+        Err(_) => {
+            rollback(work.conn());
+            for req in batch.drain(..) {
+                let result = try_batch(work, std::slice::from_ref(&req)).map_or_else(
+                    |e| {
+                        rollback(work.conn());
+                        Err(e)
+                    },
+                    |mut r| {
+                        r.pop().ok_or_else(|| {
+                            StoreError::Corrupt("empty reply from a batch of one".into())
+                        })
+                    },
+                );
+                let _ = req.reply.send(result);
+            }
+        }
+    }
+}
+
+/// Undoes an open transaction, if SQLite has not already.
+pub(crate) fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        // SQLite may already have rolled back (it does on SQLITE_FULL); an error here only
+        // means there was nothing left to undo.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
+fn try_batch<W: Work>(
+    work: &W,
+    batch: &[Request<W::Op, W::Reply>],
+) -> Result<Vec<W::Reply>, StoreError> {
+    work.conn()
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| query_error("begin", e))?;
+    let mut replies = Vec::with_capacity(batch.len());
+    for req in batch {
+        replies.push(work.apply(&req.op)?);
+    }
+    work.conn()
+        .execute_batch("COMMIT")
+        .map_err(|e| query_error("commit", e))?;
+    Ok(replies)
+}
