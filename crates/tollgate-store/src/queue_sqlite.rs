@@ -19,9 +19,10 @@
 //! several processes sharing a file safe.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-
+use std::thread;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -43,6 +44,13 @@ pub const QUEUE_SCHEMA_VERSION: i64 = 1;
 
 /// Most delivered events one purge step deletes, so a purge never stalls enqueues for long.
 const PURGE_CHUNK: i64 = 2048;
+
+/// WAL pages after which the writer checkpoints by itself: only a backstop for when the
+/// checkpointer thread cannot keep up, since a checkpoint on the writer stalls every enqueue.
+const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
+
+/// How often the checkpointer thread copies committed WAL pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Tuning for [`SqliteQueue::open_with`].
 #[derive(Debug, Clone)]
@@ -87,6 +95,10 @@ pub struct SqliteQueue {
     /// Fires when the writer thread has closed the connection; taken by [`SqliteQueue::close`].
     closed: Option<oneshot::Receiver<()>>,
     path: PathBuf,
+    /// How long the writer's periodic purge keeps delivered events, ms; only ever raised.
+    keep_delivered_ms: Arc<AtomicU64>,
+    /// Dropping it stops the checkpointer thread; its handle is joined by `close`.
+    checkpointer: Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>,
 }
 
 impl SqliteQueue {
@@ -103,10 +115,16 @@ impl SqliteQueue {
         let path = path.as_ref().to_path_buf();
         let conn = open_wal(&path, options.durability, options.busy_timeout)?;
         migrate(&conn, &path)?;
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"
+        ))
+        .map_err(|e| open_error(&path, e))?;
+        let checkpointer = spawn_checkpointer(&path, &options);
+        let keep_delivered_ms = Arc::new(AtomicU64::new(duration_ms(options.keep_delivered)));
         let writer = Writer {
             conn,
             clock: options.clock,
-            keep_delivered: options.keep_delivered,
+            keep_delivered_ms: Arc::clone(&keep_delivered_ms),
             purge_interval: options.purge_interval,
         };
         let (tx, closed_rx) = group_commit::spawn("tollgate-queue", writer)?;
@@ -114,6 +132,8 @@ impl SqliteQueue {
             tx: Some(tx),
             closed: Some(closed_rx),
             path,
+            keep_delivered_ms,
+            checkpointer,
         })
     }
 
@@ -139,6 +159,11 @@ impl SqliteQueue {
         if let Some(closed) = self.closed.take() {
             // An error only means the thread ended without signalling; it has ended either way.
             let _ = closed.await;
+        }
+        if let Some((stop, handle)) = self.checkpointer.take() {
+            drop(stop);
+            // The thread ends within one checkpoint; a panic there has nothing left to clean up.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
 
@@ -166,6 +191,30 @@ impl SqliteQueue {
             other => Err(unexpected("flag", &other)),
         }
     }
+}
+
+/// Starts the thread that checkpoints the WAL on its own connection, so copying pages into the
+/// database file (and its fsync) runs beside the writer instead of inside one of its commits.
+/// `PASSIVE` never waits for the writer; the WAL restarts from its beginning whenever a
+/// checkpoint has caught up. Without the thread (it could not start or open) the writer's own
+/// backstop checkpoint still bounds the WAL.
+fn spawn_checkpointer(
+    path: &Path,
+    options: &QueueOptions,
+) -> Option<(mpsc::Sender<()>, thread::JoinHandle<()>)> {
+    let conn = open_wal(path, options.durability, options.busy_timeout).ok()?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = thread::Builder::new()
+        .name("tollgate-queue-ckpt".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                // A failed or partial checkpoint is simply tried again next round.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        })
+        .ok()?;
+    Some((stop, handle))
 }
 
 /// A reply of the wrong kind is a bug in the writer, reported rather than guessed around.
@@ -281,6 +330,11 @@ impl EventQueue for SqliteQueue {
             Reply::Stats(s) => Ok(s),
             other => Err(unexpected("stats", &other)),
         }
+    }
+
+    fn retain_delivered(&self, at_least: Duration) {
+        self.keep_delivered_ms
+            .fetch_max(duration_ms(at_least), Ordering::Relaxed);
     }
 }
 
@@ -504,7 +558,7 @@ type Request = group_commit::Request<Op, Reply>;
 struct Writer {
     conn: Connection,
     clock: SharedClock,
-    keep_delivered: Duration,
+    keep_delivered_ms: Arc<AtomicU64>,
     purge_interval: Duration,
 }
 
@@ -627,11 +681,14 @@ impl Writer {
     ) -> Result<Vec<Leased>, StoreError> {
         // Only a line's head qualifies: an event is skipped while an earlier event of its
         // (route, order_key) is pending or leased. Evaluated on one snapshot, so one call never
-        // returns two events of a line either.
+        // returns two events of a line either. The due index is forced: without statistics the
+        // planner prefers the status index, which visits every pending and leased row and sorts
+        // them, so a backlog made each lease cost as much as the backlog (most of the writer's
+        // time under load); the due index yields due events in order and stops at `LIMIT`.
         let raws = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM queue_events e
+                "SELECT {ENTRY_COLUMNS} FROM queue_events e INDEXED BY queue_events_due
                  WHERE e.status IN (0, 1) AND e.due_ms <= ?1
                    AND (?2 IS NULL OR e.route = ?2)
                    AND (e.order_key IS NULL OR NOT EXISTS (
@@ -850,7 +907,7 @@ impl Writer {
             let cutoff = self
                 .clock
                 .now_ms()
-                .saturating_sub(duration_ms(self.keep_delivered));
+                .saturating_sub(self.keep_delivered_ms.load(Ordering::Relaxed));
             self.conn
                 .execute_batch("BEGIN IMMEDIATE")
                 .map_err(|e| query_error("begin", e))?;
