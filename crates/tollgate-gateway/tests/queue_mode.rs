@@ -387,8 +387,8 @@ async fn provider_retry_is_not_enqueued_twice() {
         count(queue.as_ref(), EventStatus::Delivered).await == 1
     })
     .await;
-    // The replay store forgot the claim (another store, as after its TTL): the queue still holds
-    // the id, so the retry is acknowledged without a second copy.
+    // Another gateway on the same queue (a fresh replay store): the queue holds the id, so the
+    // retry is acknowledged without a second copy.
     let forgetful = start(&cfg(up.addr, ""), memory_store(), queue.clone()).await;
     let (_, raw) = signed_json(forgetful.addr, "msg_dup", b"{}");
     let third = send(forgetful.addr, &raw).await;
@@ -405,6 +405,99 @@ async fn provider_retry_is_not_enqueued_twice() {
     assert_eq!(up.keys(), ["hooks:id:msg_dup"]);
     gw.shutdown().await;
     forgetful.shutdown().await;
+}
+
+/// A replay store that counts every call: queue-mode routes must not use it.
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: tollgate_store::MemoryStore,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ReplayStore for CountingStore {
+    async fn claim(&self, key: &str, lease: Duration) -> Result<tollgate_store::Claim, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim(key, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        response: &tollgate_store::StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.complete(key, response, ttl).await
+    }
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.release(key).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_are_one_event_with_one_write_and_no_replay_claim() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue: Arc<dyn EventQueue> = Arc::new(
+        SqliteQueue::open(dir.path().join("q.db"), tollgate_store::Durability::Batch)
+            .expect("open"),
+    );
+    let up = upstream(always(200)).await;
+    let store = Arc::new(CountingStore::default());
+    let gw = start(&cfg(up.addr, ""), store.clone(), queue.clone()).await;
+    let (_, raw) = signed_json(gw.addr, "msg_race", b"{}");
+    let answers = futures_join(
+        (0..16)
+            .map(|_| {
+                let raw = raw.clone();
+                let addr = gw.addr;
+                tokio::spawn(async move { send(addr, &raw).await })
+            })
+            .collect(),
+    )
+    .await;
+    assert!(answers
+        .iter()
+        .all(|a| a.status == 200 && a.body == "<Response/>"));
+    let fresh = answers
+        .iter()
+        .filter(|a| a.header("tollgate-replayed").is_none())
+        .count();
+    assert_eq!(fresh, 1, "exactly one request stored the event");
+    until(10, "delivery", || async {
+        count(queue.as_ref(), EventStatus::Delivered).await == 1
+    })
+    .await;
+    // A retry after delivery is still recognised by the queue.
+    let late = send(gw.addr, &raw).await;
+    assert_eq!(late.status, 200);
+    assert_eq!(late.header("tollgate-replayed"), Some("true"));
+    assert_eq!(
+        queue
+            .list(&ListFilter::default(), 100)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(up.keys(), ["hooks:id:msg_race"]);
+    assert_eq!(
+        store.calls.load(Ordering::SeqCst),
+        0,
+        "queue mode used the replay store"
+    );
+    gw.shutdown().await;
+}
+
+async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
 }
 
 #[tokio::test]
@@ -703,7 +796,7 @@ impl EventQueue for Flaky {
 }
 
 #[tokio::test]
-async fn an_event_that_cannot_be_stored_is_refused_503_and_its_claim_released() {
+async fn an_event_that_cannot_be_stored_is_refused_503_and_stored_on_the_retry() {
     let up = upstream(always(200)).await;
     let flaky = Arc::new(Flaky {
         inner: MemoryQueue::new(),
@@ -722,7 +815,7 @@ async fn an_event_that_cannot_be_stored_is_refused_503_and_its_claim_released() 
             .len(),
         0
     );
-    // The claim was released: the provider's retry is stored and acknowledged, not 409 or a replay.
+    // Nothing was held: the provider's retry is stored and acknowledged, not 409 or a replay.
     flaky.fail.store(false, Ordering::SeqCst);
     let b = send(gw.addr, &raw).await;
     assert_eq!(b.status, 200);
