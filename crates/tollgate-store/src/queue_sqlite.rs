@@ -225,7 +225,7 @@ fn unexpected(what: &str, reply: &Reply) -> StoreError {
 #[async_trait::async_trait]
 impl EventQueue for SqliteQueue {
     async fn enqueue(&self, event: &QueuedEvent) -> Result<Enqueued, StoreError> {
-        match self.call(Op::Enqueue(Box::new(event.clone()))).await? {
+        match self.call(Op::Enqueue(Box::new(NewRow::of(event)))).await? {
             Reply::Enqueued(e) => Ok(e),
             other => Err(unexpected("enqueue", &other)),
         }
@@ -516,9 +516,38 @@ enum Settle {
     Dead { error: String },
 }
 
+/// An event as its row is written: encoded on the caller's thread, so the writer only binds
+/// (and the event's headers are copied once, into one blob, not header by header).
+#[derive(Debug)]
+struct NewRow {
+    id: String,
+    route: String,
+    method: String,
+    url: String,
+    headers: Vec<u8>,
+    body: Vec<u8>,
+    received_at_ms: i64,
+    order_key: Option<String>,
+}
+
+impl NewRow {
+    fn of(e: &QueuedEvent) -> Self {
+        Self {
+            id: e.id.clone(),
+            route: e.route.clone(),
+            method: e.method.clone(),
+            url: e.url.clone(),
+            headers: encode_headers(&e.headers),
+            body: e.body.clone(),
+            received_at_ms: to_sql_ms(e.received_at_ms),
+            order_key: e.order_key.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Op {
-    Enqueue(Box<QueuedEvent>),
+    Enqueue(Box<NewRow>),
     Lease {
         route: Option<String>,
         max: usize,
@@ -641,7 +670,7 @@ impl Writer {
         }
     }
 
-    fn enqueue(&self, e: &QueuedEvent, now: u64) -> Result<Enqueued, StoreError> {
+    fn enqueue(&self, e: &NewRow, now: u64) -> Result<Enqueued, StoreError> {
         let now = to_sql_ms(now);
         let n = self
             .conn
@@ -657,9 +686,9 @@ impl Writer {
                     e.route,
                     e.method,
                     e.url,
-                    encode_headers(&e.headers),
+                    e.headers,
                     e.body,
-                    to_sql_ms(e.received_at_ms),
+                    e.received_at_ms,
                     e.order_key,
                     now,
                 ])
