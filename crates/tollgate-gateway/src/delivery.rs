@@ -160,6 +160,14 @@ async fn dispatch(
             }
             let gate = lock(&st.breaker).gate(settings, Instant::now());
             match gate {
+                // While deliveries are in flight, wait until a batch of slots is free: a lease is
+                // a queue round trip (a write on SQLite), and leasing one event per completion
+                // made it one per event under load.
+                Gate::Closed
+                    if max < lease_batch(settings.concurrency) && max < st.concurrency as usize =>
+                {
+                    continue
+                }
                 Gate::Closed => {}
                 Gate::Probe => max = 1,
                 Gate::Shut => continue,
@@ -216,6 +224,11 @@ async fn dispatch(
         );
         inflight.abort_all();
     }
+}
+
+/// Free slots worth a lease while others are busy: a quarter of the route's concurrency, 1..=32.
+fn lease_batch(concurrency: u32) -> usize {
+    (concurrency as usize / 4).clamp(1, 32)
 }
 
 fn lock(b: &Mutex<Breaker>) -> std::sync::MutexGuard<'_, Breaker> {
