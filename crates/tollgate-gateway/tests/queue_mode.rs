@@ -793,6 +793,12 @@ impl EventQueue for Flaky {
     async fn stats(&self) -> Result<tollgate_store::QueueStats, StoreError> {
         self.inner.stats().await
     }
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("flaky queue is failing".into()));
+        }
+        self.inner.ping().await
+    }
 }
 
 #[tokio::test]
@@ -920,4 +926,48 @@ async fn read_only_sqlite_queue_answers_503() {
         .is_empty());
     assert!(up.hits().is_empty());
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_the_event_queue_is_unreachable() {
+    let up = upstream(always(200)).await;
+    let flaky = Arc::new(Flaky {
+        inner: MemoryQueue::new(),
+        fail: AtomicBool::new(true),
+    });
+    let readyz = |gateway: Gateway| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            gateway
+                .serve_admin(listener, None, std::future::pending())
+                .await
+        });
+        let a = send(
+            addr,
+            b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        task.abort();
+        (a.status, a.body)
+    };
+    let queued = Gateway::with_queue(
+        config(&cfg(up.addr, "")),
+        memory_store(),
+        Some(flaky.clone()),
+    );
+    assert_eq!(
+        readyz(queued.clone()).await,
+        (503, "event queue unavailable\n".to_owned())
+    );
+    // The queue only matters while a route is in queue mode.
+    let proxy_only = Gateway::with_queue(
+        config(&common::config_text(up.addr, "", "")),
+        memory_store(),
+        Some(flaky.clone()),
+    );
+    assert_eq!(readyz(proxy_only).await, (200, "ready\n".to_owned()));
+    // Reachable again: ready, without a restart.
+    flaky.fail.store(false, Ordering::SeqCst);
+    assert_eq!(readyz(queued).await, (200, "ready\n".to_owned()));
 }

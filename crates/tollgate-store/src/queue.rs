@@ -284,4 +284,7 @@ pub trait EventQueue: Send + Sync + fmt::Debug + 'static {
 
     /// Per-route depth, oldest undelivered age and dead letters.
     async fn stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// Cheap health check for `/readyz`: `Ok` when the queue can take an enqueue now.
+    async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -332,6 +332,13 @@ impl EventQueue for SqliteQueue {
         }
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self.call(Op::Ping).await? {
+            Reply::Flag(_) => Ok(()),
+            other => Err(unexpected("ping", &other)),
+        }
+    }
+
     fn retain_delivered(&self, at_least: Duration) {
         self.keep_delivered_ms
             .fetch_max(duration_ms(at_least), Ordering::Relaxed);
@@ -568,6 +575,8 @@ enum Op {
     PurgeDelivered(Duration),
     Stats,
     MaxPageCount(u64),
+    /// Answers once the writer has opened a write transaction: the file takes writes now.
+    Ping,
 }
 
 #[derive(Debug)]
@@ -658,6 +667,30 @@ impl Writer {
                 .purge(now.saturating_sub(duration_ms(*older_than)), i64::MAX)
                 .map(Reply::Count),
             Op::Stats => self.stats(now).map(Reply::Stats),
+            // The batch's `BEGIN IMMEDIATE` already waited for the write lock; a read-only
+            // file takes that lock but no write, so it is asked about, and a read of the
+            // schema checks that the file is still a readable queue.
+            Op::Ping => {
+                let read_only = self
+                    .conn
+                    .is_readonly(rusqlite::MAIN_DB)
+                    .map_err(|e| query_error("ping", e))?;
+                if read_only {
+                    return Err(query_error(
+                        "ping",
+                        rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                            Some("the queue database is read-only".into()),
+                        ),
+                    ));
+                }
+                self.conn
+                    .query_row("SELECT count(*) FROM queue_meta", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|_| Reply::Flag(true))
+                    .map_err(|e| query_error("ping", e))
+            }
             Op::MaxPageCount(pages) => self
                 .conn
                 .query_row(

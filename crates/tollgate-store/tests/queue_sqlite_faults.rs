@@ -52,6 +52,9 @@ async fn read_only_database_refuses_enqueue_but_can_be_inspected() {
     );
     assert_eq!(ro.list(&ListFilter::default(), 10).await.unwrap().len(), 1);
     assert_eq!(ro.stats().await.unwrap().route("voice").unwrap().pending, 1);
+    // Not ready: `/readyz` must say so while enqueues fail.
+    assert!(ro.ping().await.is_err());
+    writer.ping().await.unwrap();
     // The refused event left nothing behind.
     assert!(writer.get("new").await.unwrap().is_none());
     assert_eq!(
