@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process answers), `/readyz` (the
-//! replay store answers its ping). Kept off the public listener so providers and scanners never
-//! see it.
+//! replay store answers its ping, and so does the event queue while a route is in queue mode).
+//! Kept off the public listener so providers and scanners never see it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,7 +14,9 @@ use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::Gateway;
+use tollgate_config::Mode;
+
+use crate::{Gateway, Shared};
 
 impl Gateway {
     /// Serves the admin endpoints until `shutdown` resolves.
@@ -31,22 +33,16 @@ impl Gateway {
                 a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 () = &mut shutdown => return Ok(()),
             };
-            let store = Arc::clone(&self.shared.store);
+            let shared = Arc::clone(&self.shared);
             let metrics = Arc::clone(&metrics);
             tokio::spawn(async move {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let store = Arc::clone(&store);
+                    let shared = Arc::clone(&shared);
                     let metrics = Arc::clone(&metrics);
                     async move {
                         let (status, body) = match req.uri().path() {
                             "/healthz" => (200, "ok\n".to_owned()),
-                            "/readyz" => match store.ping().await {
-                                Ok(()) => (200, "ready\n".to_owned()),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "not ready: replay store ping failed");
-                                    (503, "state store unavailable\n".to_owned())
-                                }
-                            },
+                            "/readyz" => readyz(&shared).await,
                             "/metrics" => match metrics.as_ref() {
                                 Some(h) => (200, h.render()),
                                 None => (404, "metrics recorder not installed\n".to_owned()),
@@ -65,4 +61,22 @@ impl Gateway {
             });
         }
     }
+}
+
+/// Ready when the replay store answers and, while any route is in queue mode, the event queue
+/// does too: a queue route answers 503 to every provider while its queue is unreachable, so a
+/// load balancer should send the traffic to an instance whose queue is up.
+async fn readyz(shared: &Shared) -> (u16, String) {
+    if let Err(e) = shared.store.ping().await {
+        tracing::warn!(error = %e, "not ready: replay store ping failed");
+        return (503, "state store unavailable\n".to_owned());
+    }
+    let queued = shared.table().routes.iter().any(|r| r.mode == Mode::Queue);
+    if let (true, Some(queue)) = (queued, shared.queue.as_ref()) {
+        if let Err(e) = queue.ping().await {
+            tracing::warn!(error = %e, "not ready: event queue ping failed");
+            return (503, "event queue unavailable\n".to_owned());
+        }
+    }
+    (200, "ready\n".to_owned())
 }

@@ -54,7 +54,8 @@ pub struct DeliveryOptions {
     pub poll: Duration,
     /// How often the queue gauges are refreshed from `stats()`.
     pub stats_every: Duration,
-    /// How long delivered events are kept (for duplicate detection and `tollgate queue ls`).
+    /// How long delivered events are kept at least (for duplicate detection and `tollgate queue
+    /// ls`); raised to the longest `dedupe_ttl_secs` of the queue routes.
     pub keep_delivered: Duration,
 }
 
@@ -159,6 +160,14 @@ async fn dispatch(
             }
             let gate = lock(&st.breaker).gate(settings, Instant::now());
             match gate {
+                // While deliveries are in flight, wait until a batch of slots is free: a lease is
+                // a queue round trip (a write on SQLite), and leasing one event per completion
+                // made it one per event under load.
+                Gate::Closed
+                    if max < lease_batch(settings.concurrency) && max < st.concurrency as usize =>
+                {
+                    continue
+                }
                 Gate::Closed => {}
                 Gate::Probe => max = 1,
                 Gate::Shut => continue,
@@ -215,6 +224,11 @@ async fn dispatch(
         );
         inflight.abort_all();
     }
+}
+
+/// Free slots worth a lease while others are busy: a quarter of the route's concurrency, 1..=32.
+fn lease_batch(concurrency: u32) -> usize {
+    (concurrency as usize / 4).clamp(1, 32)
 }
 
 fn lock(b: &Mutex<Breaker>) -> std::sync::MutexGuard<'_, Breaker> {
@@ -466,6 +480,17 @@ impl Breaker {
     }
 }
 
+/// How long delivered events are kept: at least `floor`, and at least every queue route's
+/// `dedupe_ttl_secs`, because in queue mode the queue is what recognises a provider's retry.
+pub fn retention(table: &Config, floor: Duration) -> Duration {
+    table
+        .routes
+        .iter()
+        .filter(|r| r.mode == Mode::Queue)
+        .map(|r| Duration::from_secs(r.dedupe_ttl_secs))
+        .fold(floor, Duration::max)
+}
+
 /// Refreshes the queue gauges of every queue route and purges old delivered events.
 async fn refresh_gauges(shared: Arc<Shared>, queue: Arc<dyn EventQueue>, opts: DeliveryOptions) {
     let mut tick = tokio::time::interval(opts.stats_every);
@@ -473,6 +498,8 @@ async fn refresh_gauges(shared: Arc<Shared>, queue: Arc<dyn EventQueue>, opts: D
     loop {
         tick.tick().await;
         let table: Arc<Config> = shared.table();
+        let keep = retention(&table, opts.keep_delivered);
+        queue.retain_delivered(keep);
         match queue.stats().await {
             Ok(stats) => {
                 for route in table.routes.iter().filter(|r| r.mode == Mode::Queue) {
@@ -491,7 +518,7 @@ async fn refresh_gauges(shared: Arc<Shared>, queue: Arc<dyn EventQueue>, opts: D
         }
         if last_purge.elapsed() >= Duration::from_secs(60) {
             last_purge = Instant::now();
-            if let Err(e) = queue.purge_delivered(opts.keep_delivered).await {
+            if let Err(e) = queue.purge_delivered(keep).await {
                 metrics::counter!(m::QUEUE_ERRORS, "op" => "purge").increment(1);
                 tracing::warn!(error = %e, "purging delivered events failed");
             }

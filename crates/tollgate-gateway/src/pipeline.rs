@@ -96,17 +96,14 @@ async fn run(
         }
     };
 
-    // 6. Replay claim after verification, so forgeries cannot fill the store or block real ids.
+    // 6. The event key, after verification, so forgeries cannot fill the store or block real ids.
     let key = stage::replay::key(route, &verified, parts.method.as_str(), &public.url, &body);
-    match stage::replay::claim(shared.store.as_ref(), route, &key).await? {
-        Claim::Claimed => {}
-        Claim::InFlight => return Err(GatewayError::InFlight),
-        Claim::Done(first) => return Ok((answer(&first, true), "replayed")),
-    }
 
-    // 7a. Queue mode: store durably, and only then answer with the static response (the claim
-    // completed with it, so provider retries get it too); a failed store releases the claim and
-    // answers 503, so the provider retries rather than believing an unstored event delivered.
+    // 7a. Queue mode: the queue itself is the dedupe authority (its enqueue is atomic per event
+    // key and keeps delivered events at least `dedupe_ttl_secs`), so an acknowledgement costs one
+    // durable write and no replay claim. Only once the event is stored is the static response
+    // sent; a failed store answers 503, so the provider retries rather than believing an
+    // unstored event delivered.
     if route.mode == Mode::Queue {
         let inc = stage::enqueue::Incoming {
             parts: &parts,
@@ -115,32 +112,35 @@ async fn run(
             public: &public,
             event_key: &key,
         };
-        let stored = match (shared.queue.as_deref(), route.queue.as_ref()) {
-            (Some(queue), Some(settings)) => stage::enqueue::store(queue, route, &verified, &inc)
-                .await
-                .map(|e| (e, settings)),
-            _ => Err(GatewayError::Queue(StoreError::Unavailable(
-                "this gateway runs without an event queue".into(),
-            ))),
+        let (queue, settings) = match (shared.queue.as_deref(), route.queue.as_ref()) {
+            (Some(queue), Some(settings)) => (queue, settings),
+            _ => {
+                return Err(GatewayError::Queue(StoreError::Unavailable(
+                    "this gateway runs without an event queue".into(),
+                )))
+            }
         };
-        return match stored {
-            Ok((enqueued, settings)) => {
-                let ans = stage::enqueue::static_answer(&settings.response);
-                stage::replay::finish(shared.store.as_ref(), route, &key, Some(&ans)).await;
+        let enqueued = stage::enqueue::store(queue, route, &verified, &inc).await?;
+        let ans = stage::enqueue::static_answer(&settings.response);
+        return Ok(match enqueued {
+            Enqueued::New => {
                 shared.wake.notify_one();
-                let outcome = match enqueued {
-                    Enqueued::New => "queued",
-                    Enqueued::Duplicate => "replayed",
-                };
-                Ok((answer(&ans, false), outcome))
+                (answer(&ans, false), "queued")
             }
-            Err(e) => {
-                stage::replay::finish(shared.store.as_ref(), route, &key, None).await;
-                Err(e)
+            Enqueued::Duplicate => {
+                metrics::counter!(m::DUPLICATES, "route" => route.name.clone()).increment(1);
+                (answer(&ans, true), "replayed")
             }
-        };
+        });
     }
-    // 7b. Forward; the claim is completed with the app's answer or released for the retry.
+
+    // 7b. Proxy mode: the replay claim, then forward; the claim is completed with the app's
+    // answer or released for the retry.
+    match stage::replay::claim(shared.store.as_ref(), route, &key).await? {
+        Claim::Claimed => {}
+        Claim::InFlight => return Err(GatewayError::InFlight),
+        Claim::Done(first) => return Ok((answer(&first, true), "replayed")),
+    }
     let out = Outgoing {
         parts: &parts,
         body,

@@ -387,8 +387,8 @@ async fn provider_retry_is_not_enqueued_twice() {
         count(queue.as_ref(), EventStatus::Delivered).await == 1
     })
     .await;
-    // The replay store forgot the claim (another store, as after its TTL): the queue still holds
-    // the id, so the retry is acknowledged without a second copy.
+    // Another gateway on the same queue (a fresh replay store): the queue holds the id, so the
+    // retry is acknowledged without a second copy.
     let forgetful = start(&cfg(up.addr, ""), memory_store(), queue.clone()).await;
     let (_, raw) = signed_json(forgetful.addr, "msg_dup", b"{}");
     let third = send(forgetful.addr, &raw).await;
@@ -405,6 +405,99 @@ async fn provider_retry_is_not_enqueued_twice() {
     assert_eq!(up.keys(), ["hooks:id:msg_dup"]);
     gw.shutdown().await;
     forgetful.shutdown().await;
+}
+
+/// A replay store that counts every call: queue-mode routes must not use it.
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: tollgate_store::MemoryStore,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ReplayStore for CountingStore {
+    async fn claim(&self, key: &str, lease: Duration) -> Result<tollgate_store::Claim, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim(key, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        response: &tollgate_store::StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.complete(key, response, ttl).await
+    }
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.release(key).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_are_one_event_with_one_write_and_no_replay_claim() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue: Arc<dyn EventQueue> = Arc::new(
+        SqliteQueue::open(dir.path().join("q.db"), tollgate_store::Durability::Batch)
+            .expect("open"),
+    );
+    let up = upstream(always(200)).await;
+    let store = Arc::new(CountingStore::default());
+    let gw = start(&cfg(up.addr, ""), store.clone(), queue.clone()).await;
+    let (_, raw) = signed_json(gw.addr, "msg_race", b"{}");
+    let answers = futures_join(
+        (0..16)
+            .map(|_| {
+                let raw = raw.clone();
+                let addr = gw.addr;
+                tokio::spawn(async move { send(addr, &raw).await })
+            })
+            .collect(),
+    )
+    .await;
+    assert!(answers
+        .iter()
+        .all(|a| a.status == 200 && a.body == "<Response/>"));
+    let fresh = answers
+        .iter()
+        .filter(|a| a.header("tollgate-replayed").is_none())
+        .count();
+    assert_eq!(fresh, 1, "exactly one request stored the event");
+    until(10, "delivery", || async {
+        count(queue.as_ref(), EventStatus::Delivered).await == 1
+    })
+    .await;
+    // A retry after delivery is still recognised by the queue.
+    let late = send(gw.addr, &raw).await;
+    assert_eq!(late.status, 200);
+    assert_eq!(late.header("tollgate-replayed"), Some("true"));
+    assert_eq!(
+        queue
+            .list(&ListFilter::default(), 100)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(up.keys(), ["hooks:id:msg_race"]);
+    assert_eq!(
+        store.calls.load(Ordering::SeqCst),
+        0,
+        "queue mode used the replay store"
+    );
+    gw.shutdown().await;
+}
+
+async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
 }
 
 #[tokio::test]
@@ -700,10 +793,16 @@ impl EventQueue for Flaky {
     async fn stats(&self) -> Result<tollgate_store::QueueStats, StoreError> {
         self.inner.stats().await
     }
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("flaky queue is failing".into()));
+        }
+        self.inner.ping().await
+    }
 }
 
 #[tokio::test]
-async fn an_event_that_cannot_be_stored_is_refused_503_and_its_claim_released() {
+async fn an_event_that_cannot_be_stored_is_refused_503_and_stored_on_the_retry() {
     let up = upstream(always(200)).await;
     let flaky = Arc::new(Flaky {
         inner: MemoryQueue::new(),
@@ -722,7 +821,7 @@ async fn an_event_that_cannot_be_stored_is_refused_503_and_its_claim_released() 
             .len(),
         0
     );
-    // The claim was released: the provider's retry is stored and acknowledged, not 409 or a replay.
+    // Nothing was held: the provider's retry is stored and acknowledged, not 409 or a replay.
     flaky.fail.store(false, Ordering::SeqCst);
     let b = send(gw.addr, &raw).await;
     assert_eq!(b.status, 200);
@@ -827,4 +926,48 @@ async fn read_only_sqlite_queue_answers_503() {
         .is_empty());
     assert!(up.hits().is_empty());
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_the_event_queue_is_unreachable() {
+    let up = upstream(always(200)).await;
+    let flaky = Arc::new(Flaky {
+        inner: MemoryQueue::new(),
+        fail: AtomicBool::new(true),
+    });
+    let readyz = |gateway: Gateway| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            gateway
+                .serve_admin(listener, None, std::future::pending())
+                .await
+        });
+        let a = send(
+            addr,
+            b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        task.abort();
+        (a.status, a.body)
+    };
+    let queued = Gateway::with_queue(
+        config(&cfg(up.addr, "")),
+        memory_store(),
+        Some(flaky.clone()),
+    );
+    assert_eq!(
+        readyz(queued.clone()).await,
+        (503, "event queue unavailable\n".to_owned())
+    );
+    // The queue only matters while a route is in queue mode.
+    let proxy_only = Gateway::with_queue(
+        config(&common::config_text(up.addr, "", "")),
+        memory_store(),
+        Some(flaky.clone()),
+    );
+    assert_eq!(readyz(proxy_only).await, (200, "ready\n".to_owned()));
+    // Reachable again: ready, without a restart.
+    flaky.fail.store(false, Ordering::SeqCst);
+    assert_eq!(readyz(queued).await, (200, "ready\n".to_owned()));
 }

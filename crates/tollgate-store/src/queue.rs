@@ -275,6 +275,16 @@ pub trait EventQueue: Send + Sync + fmt::Debug + 'static {
     /// Deletes delivered events whose delivery is at least `older_than` old; returns how many.
     async fn purge_delivered(&self, older_than: Duration) -> Result<u64, StoreError>;
 
+    /// Makes the backend's own periodic purge, if it has one, keep delivered events at least
+    /// `at_least` (never less than it was opened with). Delivered events are how a late provider
+    /// retry is recognised, so the gateway raises this to its routes' `dedupe_ttl_secs`.
+    fn retain_delivered(&self, at_least: Duration) {
+        let _ = at_least;
+    }
+
     /// Per-route depth, oldest undelivered age and dead letters.
     async fn stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// Cheap health check for `/readyz`: `Ok` when the queue can take an enqueue now.
+    async fn ping(&self) -> Result<(), StoreError>;
 }

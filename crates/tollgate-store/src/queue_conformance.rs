@@ -79,6 +79,7 @@ macro_rules! queue_conformance_suite {
             concurrent_enqueuers,
             concurrent_duplicate_enqueues_store_once,
             binary_bodies_and_headers_intact,
+            ping_answers_while_the_backend_is_up,
         );
     };
     (@cases $name:ident, $make:ident; $($case:ident),* $(,)?) => {
@@ -771,4 +772,14 @@ pub async fn binary_bodies_and_headers_intact(s: &QueueSubject, _clock: &ManualC
     let mut want = vec![e, empty, big];
     want.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(leased, want);
+}
+
+/// A queue that takes enqueues answers its health check, before and after use.
+pub async fn ping_answers_while_the_backend_is_up(s: &QueueSubject, _clock: &ManualClock) {
+    s.queue.ping().await.expect("ping of a fresh queue");
+    s.queue
+        .enqueue(&event("p", "voice"))
+        .await
+        .expect("enqueue");
+    s.queue.ping().await.expect("ping after an enqueue");
 }

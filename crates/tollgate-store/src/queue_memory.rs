@@ -355,6 +355,10 @@ impl EventQueue for MemoryQueue {
         Ok(gone.len() as u64)
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn stats(&self) -> Result<QueueStats, StoreError> {
         let now = self.clock.now_ms();
         let st = self.state.lock().await;

@@ -888,6 +888,17 @@ impl EventQueue for RedisQueue {
         Ok(total)
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: Value = bounded(
+            "ping",
+            self.options.operation_timeout,
+            ::redis::cmd("PING").query_async(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn stats(&self) -> Result<QueueStats, StoreError> {
         let now = self.now();
         let mut routes = Vec::new();

@@ -19,9 +19,10 @@
 //! several processes sharing a file safe.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-
+use std::thread;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -43,6 +44,13 @@ pub const QUEUE_SCHEMA_VERSION: i64 = 1;
 
 /// Most delivered events one purge step deletes, so a purge never stalls enqueues for long.
 const PURGE_CHUNK: i64 = 2048;
+
+/// WAL pages after which the writer checkpoints by itself: only a backstop for when the
+/// checkpointer thread cannot keep up, since a checkpoint on the writer stalls every enqueue.
+const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
+
+/// How often the checkpointer thread copies committed WAL pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Tuning for [`SqliteQueue::open_with`].
 #[derive(Debug, Clone)]
@@ -87,6 +95,10 @@ pub struct SqliteQueue {
     /// Fires when the writer thread has closed the connection; taken by [`SqliteQueue::close`].
     closed: Option<oneshot::Receiver<()>>,
     path: PathBuf,
+    /// How long the writer's periodic purge keeps delivered events, ms; only ever raised.
+    keep_delivered_ms: Arc<AtomicU64>,
+    /// Dropping it stops the checkpointer thread; its handle is joined by `close`.
+    checkpointer: Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>,
 }
 
 impl SqliteQueue {
@@ -103,10 +115,16 @@ impl SqliteQueue {
         let path = path.as_ref().to_path_buf();
         let conn = open_wal(&path, options.durability, options.busy_timeout)?;
         migrate(&conn, &path)?;
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"
+        ))
+        .map_err(|e| open_error(&path, e))?;
+        let checkpointer = spawn_checkpointer(&path, &options);
+        let keep_delivered_ms = Arc::new(AtomicU64::new(duration_ms(options.keep_delivered)));
         let writer = Writer {
             conn,
             clock: options.clock,
-            keep_delivered: options.keep_delivered,
+            keep_delivered_ms: Arc::clone(&keep_delivered_ms),
             purge_interval: options.purge_interval,
         };
         let (tx, closed_rx) = group_commit::spawn("tollgate-queue", writer)?;
@@ -114,6 +132,8 @@ impl SqliteQueue {
             tx: Some(tx),
             closed: Some(closed_rx),
             path,
+            keep_delivered_ms,
+            checkpointer,
         })
     }
 
@@ -139,6 +159,11 @@ impl SqliteQueue {
         if let Some(closed) = self.closed.take() {
             // An error only means the thread ended without signalling; it has ended either way.
             let _ = closed.await;
+        }
+        if let Some((stop, handle)) = self.checkpointer.take() {
+            drop(stop);
+            // The thread ends within one checkpoint; a panic there has nothing left to clean up.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
 
@@ -168,6 +193,30 @@ impl SqliteQueue {
     }
 }
 
+/// Starts the thread that checkpoints the WAL on its own connection, so copying pages into the
+/// database file (and its fsync) runs beside the writer instead of inside one of its commits.
+/// `PASSIVE` never waits for the writer; the WAL restarts from its beginning whenever a
+/// checkpoint has caught up. Without the thread (it could not start or open) the writer's own
+/// backstop checkpoint still bounds the WAL.
+fn spawn_checkpointer(
+    path: &Path,
+    options: &QueueOptions,
+) -> Option<(mpsc::Sender<()>, thread::JoinHandle<()>)> {
+    let conn = open_wal(path, options.durability, options.busy_timeout).ok()?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = thread::Builder::new()
+        .name("tollgate-queue-ckpt".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                // A failed or partial checkpoint is simply tried again next round.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        })
+        .ok()?;
+    Some((stop, handle))
+}
+
 /// A reply of the wrong kind is a bug in the writer, reported rather than guessed around.
 fn unexpected(what: &str, reply: &Reply) -> StoreError {
     StoreError::Corrupt(format!("queue writer answered {what} with {reply:?}"))
@@ -176,7 +225,7 @@ fn unexpected(what: &str, reply: &Reply) -> StoreError {
 #[async_trait::async_trait]
 impl EventQueue for SqliteQueue {
     async fn enqueue(&self, event: &QueuedEvent) -> Result<Enqueued, StoreError> {
-        match self.call(Op::Enqueue(Box::new(event.clone()))).await? {
+        match self.call(Op::Enqueue(Box::new(NewRow::of(event)))).await? {
             Reply::Enqueued(e) => Ok(e),
             other => Err(unexpected("enqueue", &other)),
         }
@@ -281,6 +330,18 @@ impl EventQueue for SqliteQueue {
             Reply::Stats(s) => Ok(s),
             other => Err(unexpected("stats", &other)),
         }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self.call(Op::Ping).await? {
+            Reply::Flag(_) => Ok(()),
+            other => Err(unexpected("ping", &other)),
+        }
+    }
+
+    fn retain_delivered(&self, at_least: Duration) {
+        self.keep_delivered_ms
+            .fetch_max(duration_ms(at_least), Ordering::Relaxed);
     }
 }
 
@@ -462,9 +523,38 @@ enum Settle {
     Dead { error: String },
 }
 
+/// An event as its row is written: encoded on the caller's thread, so the writer only binds
+/// (and the event's headers are copied once, into one blob, not header by header).
+#[derive(Debug)]
+struct NewRow {
+    id: String,
+    route: String,
+    method: String,
+    url: String,
+    headers: Vec<u8>,
+    body: Vec<u8>,
+    received_at_ms: i64,
+    order_key: Option<String>,
+}
+
+impl NewRow {
+    fn of(e: &QueuedEvent) -> Self {
+        Self {
+            id: e.id.clone(),
+            route: e.route.clone(),
+            method: e.method.clone(),
+            url: e.url.clone(),
+            headers: encode_headers(&e.headers),
+            body: e.body.clone(),
+            received_at_ms: to_sql_ms(e.received_at_ms),
+            order_key: e.order_key.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Op {
-    Enqueue(Box<QueuedEvent>),
+    Enqueue(Box<NewRow>),
     Lease {
         route: Option<String>,
         max: usize,
@@ -485,6 +575,8 @@ enum Op {
     PurgeDelivered(Duration),
     Stats,
     MaxPageCount(u64),
+    /// Answers once the writer has opened a write transaction: the file takes writes now.
+    Ping,
 }
 
 #[derive(Debug)]
@@ -504,7 +596,7 @@ type Request = group_commit::Request<Op, Reply>;
 struct Writer {
     conn: Connection,
     clock: SharedClock,
-    keep_delivered: Duration,
+    keep_delivered_ms: Arc<AtomicU64>,
     purge_interval: Duration,
 }
 
@@ -575,6 +667,30 @@ impl Writer {
                 .purge(now.saturating_sub(duration_ms(*older_than)), i64::MAX)
                 .map(Reply::Count),
             Op::Stats => self.stats(now).map(Reply::Stats),
+            // The batch's `BEGIN IMMEDIATE` already waited for the write lock; a read-only
+            // file takes that lock but no write, so it is asked about, and a read of the
+            // schema checks that the file is still a readable queue.
+            Op::Ping => {
+                let read_only = self
+                    .conn
+                    .is_readonly(rusqlite::MAIN_DB)
+                    .map_err(|e| query_error("ping", e))?;
+                if read_only {
+                    return Err(query_error(
+                        "ping",
+                        rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                            Some("the queue database is read-only".into()),
+                        ),
+                    ));
+                }
+                self.conn
+                    .query_row("SELECT count(*) FROM queue_meta", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|_| Reply::Flag(true))
+                    .map_err(|e| query_error("ping", e))
+            }
             Op::MaxPageCount(pages) => self
                 .conn
                 .query_row(
@@ -587,7 +703,7 @@ impl Writer {
         }
     }
 
-    fn enqueue(&self, e: &QueuedEvent, now: u64) -> Result<Enqueued, StoreError> {
+    fn enqueue(&self, e: &NewRow, now: u64) -> Result<Enqueued, StoreError> {
         let now = to_sql_ms(now);
         let n = self
             .conn
@@ -603,9 +719,9 @@ impl Writer {
                     e.route,
                     e.method,
                     e.url,
-                    encode_headers(&e.headers),
+                    e.headers,
                     e.body,
-                    to_sql_ms(e.received_at_ms),
+                    e.received_at_ms,
                     e.order_key,
                     now,
                 ])
@@ -627,11 +743,14 @@ impl Writer {
     ) -> Result<Vec<Leased>, StoreError> {
         // Only a line's head qualifies: an event is skipped while an earlier event of its
         // (route, order_key) is pending or leased. Evaluated on one snapshot, so one call never
-        // returns two events of a line either.
+        // returns two events of a line either. The due index is forced: without statistics the
+        // planner prefers the status index, which visits every pending and leased row and sorts
+        // them, so a backlog made each lease cost as much as the backlog (most of the writer's
+        // time under load); the due index yields due events in order and stops at `LIMIT`.
         let raws = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM queue_events e
+                "SELECT {ENTRY_COLUMNS} FROM queue_events e INDEXED BY queue_events_due
                  WHERE e.status IN (0, 1) AND e.due_ms <= ?1
                    AND (?2 IS NULL OR e.route = ?2)
                    AND (e.order_key IS NULL OR NOT EXISTS (
@@ -850,7 +969,7 @@ impl Writer {
             let cutoff = self
                 .clock
                 .now_ms()
-                .saturating_sub(duration_ms(self.keep_delivered));
+                .saturating_sub(self.keep_delivered_ms.load(Ordering::Relaxed));
             self.conn
                 .execute_batch("BEGIN IMMEDIATE")
                 .map_err(|e| query_error("begin", e))?;

@@ -52,6 +52,9 @@ async fn read_only_database_refuses_enqueue_but_can_be_inspected() {
     );
     assert_eq!(ro.list(&ListFilter::default(), 10).await.unwrap().len(), 1);
     assert_eq!(ro.stats().await.unwrap().route("voice").unwrap().pending, 1);
+    // Not ready: `/readyz` must say so while enqueues fail.
+    assert!(ro.ping().await.is_err());
+    writer.ping().await.unwrap();
     // The refused event left nothing behind.
     assert!(writer.get("new").await.unwrap().is_none());
     assert_eq!(
@@ -365,4 +368,39 @@ async fn corrupt_row_is_an_error_not_an_event() {
         .execute("UPDATE queue_events SET status = 9", [])
         .unwrap();
     assert!(matches!(queue.get("e").await, Err(StoreError::Corrupt(_))));
+}
+
+#[tokio::test]
+async fn delivered_events_are_kept_as_long_as_retain_delivered_asks() {
+    // In queue mode the queue is what recognises a provider's late retry, so its own purge must
+    // keep delivered events at least as long as the routes' dedupe TTL.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let mut options = QueueOptions::new(Durability::Batch).with_clock(clock.clone());
+    options.keep_delivered = Duration::from_secs(1);
+    options.purge_interval = Duration::from_millis(20);
+    let q = SqliteQueue::open_with(dir.path().join("queue.db"), options).unwrap();
+    q.retain_delivered(Duration::from_secs(3600));
+    // Lowering it is ignored: a reload must not make a retry look new.
+    q.retain_delivered(Duration::from_secs(2));
+    q.enqueue(&event("kept", "voice")).await.unwrap();
+    let lease = q.lease(None, 1, LEASE).await.unwrap().pop().unwrap();
+    assert_eq!(q.ack(&lease).await.unwrap(), Settled::Applied);
+    clock.advance(Duration::from_secs(3599));
+    // Several purge intervals pass: past the opened-with second, inside the hour.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        q.get("kept").await.unwrap().map(|e| e.status),
+        Some(EventStatus::Delivered)
+    );
+    assert_eq!(
+        q.enqueue(&event("kept", "voice")).await.unwrap(),
+        Enqueued::Duplicate
+    );
+    clock.advance(Duration::from_secs(2));
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while q.get("kept").await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < end, "never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,15 +1,25 @@
-//! Fault test 3 of issue 4 (proxy half), on the real binary: two tollgate instances on one Redis
-//! act as one. The same provider retry sent to both, one after the other or at the same moment,
+//! Fault test 3 of issue 4, on the real binary: two tollgate instances on one Redis act as one.
+//! Proxy mode: the same provider retry sent to both, one after the other or at the same moment,
 //! is forwarded once; every other copy gets the first answer replayed, or 409 while it is in
-//! flight. The Redis URL carries a password, which no log line may show.
+//! flight. Queue mode: events an instance acknowledged and was delivering when it was killed
+//! (SIGKILL) are claimed by the other once their leases run out, and delivered. The Redis URL
+//! carries a password, which no log line may show.
 #![allow(clippy::unwrap_used)]
 
 mod redis_support;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use redis_support::{send, signed_request, upstream, Answer, Tollgate, APP_ANSWER};
+use tokio::net::TcpListener;
 use tokio::sync::Barrier;
 use tollgate_store::redis_server::RedisServer;
 
@@ -133,5 +143,146 @@ async fn concurrent_copies_on_both_instances_are_forwarded_once() {
             "the Redis password is in a log"
         );
     }
+    drop((a, b, redis));
+}
+
+/// Every request an upstream received: the `Idempotency-Key` and when it arrived.
+type Arrivals = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// An upstream that never answers while `hang` is set (a hung app: deliveries stay in progress)
+/// and answers 200 at once otherwise.
+async fn hanging_upstream(hang: Arc<AtomicBool>) -> (SocketAddr, Arrivals) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let arrivals: Arrivals = Arc::default();
+    let rec = Arc::clone(&arrivals);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (rec, hang) = (Arc::clone(&rec), Arc::clone(&hang));
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (rec, hang) = (Arc::clone(&rec), Arc::clone(&hang));
+                    async move {
+                        let key = req
+                            .headers()
+                            .get("idempotency-key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("<none>")
+                            .to_owned();
+                        let _ = req.into_body().collect().await;
+                        rec.lock().unwrap().push((key, Instant::now()));
+                        if hang.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::new(),
+                        )))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, arrivals)
+}
+
+/// Queue mode on Redis; `upstream_timeout_ms = 5000` (from the harness) makes the lease 10 s.
+const QUEUE_ROUTE: &str = r#"mode = "queue"
+response = { status = 200, content_type = "text/xml", body = "<Response/>" }
+concurrency = 16
+retry_initial_ms = 100
+retry_max_ms = 500"#;
+
+/// The lease a delivery holds: `upstream_timeout_ms` + 5 s.
+const LEASE: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_of_an_instance_killed_mid_delivery_are_claimed_and_delivered_by_the_other() {
+    const EVENTS: usize = 8;
+    let (redis, url) = redis_with_password();
+    let hang = Arc::new(AtomicBool::new(true));
+    let (up, arrivals) = hanging_upstream(Arc::clone(&hang)).await;
+    let mut a = Tollgate::start_with(&url, up, 200, QUEUE_ROUTE).await;
+
+    // A acknowledges every event (stored durably), then leases and posts each to the hung app.
+    let mut acked = Vec::new();
+    for i in 0..EVENTS {
+        let id = format!("qkill-{i}");
+        let answer = a.send(&id).await;
+        assert_eq!(answer.status, 200, "{id}: {answer:?}");
+        assert_eq!(answer.body, "<Response/>");
+        acked.push(format!("hooks:id:{id}"));
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while arrivals.lock().unwrap().len() < EVENTS {
+        assert!(Instant::now() < end, "A never posted every event");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first_post = arrivals.lock().unwrap()[0].1;
+
+    // B joins while A holds every lease, then A dies mid-delivery; the app recovers.
+    let b = Tollgate::start_with(&url, up, 200, QUEUE_ROUTE).await;
+    assert!(
+        first_post.elapsed() < Duration::from_secs(4),
+        "A's deliveries timed out before the kill; the test would not be mid-delivery"
+    );
+    a.kill();
+    let killed = Instant::now();
+    let before_kill = arrivals.lock().unwrap().len();
+    assert_eq!(before_kill, EVENTS, "B delivered while A held the leases");
+    hang.store(false, Ordering::SeqCst);
+
+    // B claims each event once its lease has run out and delivers it: every acknowledged event
+    // reaches the app, and a deduplicating app (by Idempotency-Key) sees each exactly once more.
+    let end = killed + LEASE + Duration::from_secs(15);
+    loop {
+        let after: Vec<String> = arrivals.lock().unwrap()[before_kill..]
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect();
+        if acked.iter().all(|id| after.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "not every acknowledged event was redelivered: {after:?}\nB's log:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let any stray duplicate show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = arrivals.lock().unwrap().clone();
+    let after = &all[before_kill..];
+    for id in &acked {
+        assert_eq!(
+            all[..before_kill].iter().filter(|(k, _)| k == id).count(),
+            1,
+            "{id}: A's delivery"
+        );
+        assert_eq!(
+            after.iter().filter(|(k, _)| k == id).count(),
+            1,
+            "{id}: B's redelivery"
+        );
+    }
+    assert_eq!(after.len(), EVENTS, "only acknowledged events: {after:?}");
+    // Not before the leases ran out: B took over A's leases, it did not deliver beside A.
+    for (id, at) in after {
+        assert!(
+            at.duration_since(first_post) >= LEASE - Duration::from_millis(500),
+            "{id} redelivered {:?} after A's first post, before the lease ran out",
+            at.duration_since(first_post)
+        );
+    }
+    assert!(
+        !b.log().contains(PASSWORD) && !a.log().contains(PASSWORD),
+        "the Redis password is in a log"
+    );
     drop((a, b, redis));
 }

@@ -106,11 +106,22 @@ impl Tollgate {
     /// Starts tollgate like [`Tollgate::start`] and waits until `/readyz` answers `status` (503:
     /// running but not ready).
     pub async fn start_until(redis_url: &str, upstream: SocketAddr, status: u16) -> Self {
+        Self::start_with(redis_url, upstream, status, "").await
+    }
+
+    /// Starts tollgate like [`Tollgate::start_until`] with `route_extra` (TOML lines) appended to
+    /// the route, e.g. queue-mode keys.
+    pub async fn start_with(
+        redis_url: &str,
+        upstream: SocketAddr,
+        status: u16,
+        route_extra: &str,
+    ) -> Self {
         let mut last = String::new();
         // Ports are found by binding port 0 and letting go: another process may take one first,
         // then tollgate exits and we try fresh ports (bounded).
         for _ in 0..5 {
-            let mut t = Self::spawn(redis_url, upstream);
+            let mut t = Self::spawn(redis_url, upstream, route_extra);
             match t.wait_readyz(status).await {
                 Ok(()) => return t,
                 Err(e) => {
@@ -122,7 +133,7 @@ impl Tollgate {
         panic!("tollgate did not become ready: {last}");
     }
 
-    fn spawn(redis_url: &str, upstream: SocketAddr) -> Self {
+    fn spawn(redis_url: &str, upstream: SocketAddr, route_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
@@ -147,6 +158,7 @@ provider = "standard-webhooks"
 keys = [ {{ label = "k1", secret = "env:TOLLGATE_TEST_KEY" }} ]
 upstream = "http://{upstream}/app"
 upstream_timeout_ms = 5000
+{route_extra}
 "#
         );
         let path = dir.path().join("tollgate.toml");
