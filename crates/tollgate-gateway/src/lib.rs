@@ -35,6 +35,7 @@ pub use error::GatewayError;
 pub(crate) struct Shared {
     table: RwLock<Arc<Config>>,
     pub(crate) store: Arc<dyn ReplayStore>,
+    /// The delivery workers' upstream client (each serving loop makes its own).
     pub(crate) client: stage::forward::Client,
     pub(crate) failures: stage::rate_limit::FailureLimiter,
     pub(crate) diagnoses: stage::verify::DiagnosisBudget,

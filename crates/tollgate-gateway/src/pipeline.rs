@@ -2,7 +2,6 @@
 //! it does; the integration test `stage_order_is_pinned` checks the order from outside.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,12 +34,13 @@ pub(crate) struct Ctx {
 
 /// Handles one request; never fails (failures become answers in [`rescue`]).
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
+    shared: &Shared,
+    client: &stage::forward::Client,
     req: http::Request<Incoming>,
     conn: Conn,
 ) -> Response {
     let mut ctx = Ctx::default();
-    match run(&shared, req, conn, &mut ctx).await {
+    match run(shared, client, req, conn, &mut ctx).await {
         Ok((resp, outcome)) => {
             metrics::counter!(m::REQUESTS, "route" => ctx.route.unwrap_or_default(), "outcome" => outcome).increment(1);
             resp
@@ -51,6 +51,7 @@ pub(crate) async fn handle(
 
 async fn run(
     shared: &Shared,
+    client: &stage::forward::Client,
     req: http::Request<Incoming>,
     conn: Conn,
     ctx: &mut Ctx,
@@ -148,7 +149,7 @@ async fn run(
         public: &public,
         event_key: &key,
     };
-    let result = stage::forward::send(&shared.client, route, &verified, out).await;
+    let result = stage::forward::send(client, route, &verified, out).await;
     stage::replay::finish(shared.store.as_ref(), route, &key, result.as_ref().ok()).await;
     let upstream = result?;
     Ok((answer(&upstream, false), "forwarded"))
