@@ -472,7 +472,7 @@ async fn refresh_gauges(shared: Arc<Shared>, queue: Arc<dyn EventQueue>, opts: D
     let mut last_purge = Instant::now();
     loop {
         tick.tick().await;
-        let table: Arc<Config> = shared.table();
+        let table: Arc<Config> = shared.config();
         match queue.stats().await {
             Ok(stats) => {
                 for route in table.routes.iter().filter(|r| r.mode == Mode::Queue) {

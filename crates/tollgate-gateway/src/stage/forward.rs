@@ -21,7 +21,7 @@ use tollgate_store::StoredResponse;
 use tollgate_verify::{Options, SignInput, Verified};
 
 use super::public_url::PublicUrl;
-use crate::metrics as m;
+use crate::metrics::{self as m, RouteMetrics};
 use crate::GatewayError;
 
 /// The pooled keep-alive upstream client (HTTP/1.1; HTTP/2 by ALPN on https upstreams).
@@ -73,29 +73,36 @@ pub const DROP: &[&str] = &[
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &HeaderMap, extra: &[&str]) -> HeaderMap {
-    let named: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (k, v) in headers {
-        let name = k.as_str();
-        if extra.contains(&name) || named.iter().any(|n| n == name) {
-            continue;
-        }
-        out.append(k.clone(), v.clone());
-    }
+    let mut out = headers.clone();
+    strip_in_place(&mut out, extra);
     out
+}
+
+/// [`strip_hop_by_hop`] on a map the caller owns: a handful of removals instead of a new map
+/// (the order of the remaining fields may change; their values and their order per name do not).
+pub fn strip_in_place(headers: &mut HeaderMap, extra: &[&str]) {
+    if headers.contains_key(http::header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for name in extra {
+        headers.remove(*name);
+    }
 }
 
 /// What the forward needs besides the route and the proof.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
-    /// The request head as received.
-    pub parts: &'a Parts,
+    /// The request head as received (its headers are filtered in place and sent on).
+    pub parts: Parts,
     /// The body as received.
     pub body: Bytes,
     /// The client IP tollgate determined.
@@ -139,46 +146,69 @@ pub fn upstream_uri(route: &Route, target: &str) -> Result<Uri, GatewayError> {
 }
 
 /// Forwards and returns the upstream's answer.
-pub async fn send(
+pub(crate) async fn send(
     client: &Client,
     route: &Route,
+    handles: &RouteMetrics,
     verified: &Verified,
     out: Outgoing<'_>,
-) -> Result<StoredResponse, GatewayError> {
-    let target = out
-        .parts
+) -> Result<Upstream, GatewayError> {
+    let Outgoing {
+        parts,
+        body,
+        client_ip,
+        public,
+        event_key,
+    } = out;
+    let target = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
     let uri = upstream_uri(route, target)?;
-    let mut headers = strip_hop_by_hop(&out.parts.headers, DROP);
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::try_from(value) {
+    let mut headers = parts.headers;
+    strip_in_place(&mut headers, DROP);
+    let mut set = |name: &'static str, value: Result<HeaderValue, _>| {
+        if let Ok(v) = value {
             headers.insert(HeaderName::from_static(name), v);
         }
     };
-    set("x-forwarded-for", out.client_ip.to_string());
-    set("x-forwarded-proto", out.public.scheme.clone());
-    set("x-forwarded-host", out.public.host.clone());
-    set("tollgate-verified", verified_header(verified));
-    let uri_text = uri.to_string();
-    for (k, v) in app_signature(
-        route,
-        out.parts.method.as_str(),
-        &uri_text,
-        &out.body,
-        &app_message_id(out.event_key),
-    )? {
-        headers.insert(k, v);
+    set(
+        "x-forwarded-for",
+        HeaderValue::try_from(client_ip.to_string()),
+    );
+    set(
+        "x-forwarded-proto",
+        match public.scheme.as_str() {
+            "https" => Ok(HeaderValue::from_static("https")),
+            "http" => Ok(HeaderValue::from_static("http")),
+            other => HeaderValue::from_str(other),
+        },
+    );
+    set("x-forwarded-host", HeaderValue::from_str(&public.host));
+    set(
+        "tollgate-verified",
+        HeaderValue::try_from(verified_header(verified)),
+    );
+    if route.app_secret.is_some() {
+        let uri_text = uri.to_string();
+        for (k, v) in app_signature(
+            route,
+            parts.method.as_str(),
+            &uri_text,
+            &body,
+            &app_message_id(event_key),
+        )? {
+            headers.insert(k, v);
+        }
     }
-    let mut req = http::Request::builder()
-        .method(out.parts.method.clone())
-        .uri(uri)
-        .body(Full::new(out.body))
-        .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+    let mut req = http::Request::new(Full::new(body));
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    round_trip(client, route, req).await
+    let (result, elapsed) = exchange(client, route, req).await;
+    handles.upstream_seconds(elapsed.as_secs_f64());
+    result
 }
 
 /// The `Tollgate-Verified` value: which provider and key verified the request.
@@ -227,12 +257,50 @@ pub fn app_signature(
         .collect())
 }
 
+/// The upstream's answer, hop-by-hop headers removed, the body as read.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its status.
+    pub status: http::StatusCode,
+    /// Its end-to-end headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl Upstream {
+    /// The answer as the replay store keeps it (a copy: only made when it is stored).
+    pub fn to_stored(&self) -> StoredResponse {
+        StoredResponse {
+            status: self.status.as_u16(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            body: self.body.to_vec(),
+        }
+    }
+}
+
 /// Sends `req` within the route's `upstream_timeout_ms` and reads the answer (bounded).
 pub async fn round_trip(
     client: &Client,
     route: &Route,
     req: http::Request<Full<Bytes>>,
 ) -> Result<StoredResponse, GatewayError> {
+    let (result, elapsed) = exchange(client, route, req).await;
+    metrics::histogram!(m::UPSTREAM_SECONDS, "route" => route.name.clone())
+        .record(elapsed.as_secs_f64());
+    result.map(|u| u.to_stored())
+}
+
+/// [`round_trip`] without the metric, keeping the answer as received; also says how long it took.
+async fn exchange(
+    client: &Client,
+    route: &Route,
+    req: http::Request<Full<Bytes>>,
+) -> (Result<Upstream, GatewayError>, Duration) {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(route.upstream_timeout_ms);
     let result = tokio::time::timeout_at(deadline, async {
@@ -249,18 +317,21 @@ pub async fn round_trip(
         Ok::<_, GatewayError>((parts, body))
     })
     .await;
-    metrics::histogram!(m::UPSTREAM_SECONDS, "route" => route.name.clone())
-        .record(started.elapsed().as_secs_f64());
-    let (parts, body) = result.map_err(|_| GatewayError::UpstreamTimeout)??;
-    let headers = strip_hop_by_hop(&parts.headers, &DROP[..9])
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect();
-    Ok(StoredResponse {
-        status: parts.status.as_u16(),
-        headers,
-        body: body.to_vec(),
-    })
+    let elapsed = started.elapsed();
+    let result = match result {
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((parts, body))) => {
+            let mut headers = parts.headers;
+            strip_in_place(&mut headers, &DROP[..9]);
+            Ok(Upstream {
+                status: parts.status,
+                headers,
+                body,
+            })
+        }
+    };
+    (result, elapsed)
 }
 
 /// The `webhook-id` tollgate sends the app: derived from the event key, so a provider retry that
