@@ -36,13 +36,13 @@ pub(crate) struct Ctx<'t> {
 /// Handles one request; never fails (failures become answers in [`rescue`]).
 pub(crate) async fn handle(
     shared: &Shared,
-    client: &stage::forward::Client,
+    upstreams: &stage::forward::Upstreams,
     req: http::Request<Incoming>,
     conn: Conn,
 ) -> Response {
     let table = shared.table();
     let mut ctx = Ctx::default();
-    match run(shared, &table, client, req, conn, &mut ctx).await {
+    match run(shared, &table, upstreams, req, conn, &mut ctx).await {
         Ok((resp, handles, outcome)) => {
             handles.request(outcome);
             resp
@@ -54,7 +54,7 @@ pub(crate) async fn handle(
 async fn run<'t>(
     shared: &Shared,
     table: &'t Table,
-    client: &stage::forward::Client,
+    upstreams: &stage::forward::Upstreams,
     req: http::Request<Incoming>,
     conn: Conn,
     ctx: &mut Ctx<'t>,
@@ -158,7 +158,7 @@ async fn run<'t>(
         public: &public,
         event_key: &key,
     };
-    let result = stage::forward::send(client, route, handles, &verified, out).await;
+    let result = stage::forward::send(upstreams, route, handles, &verified, out).await;
     // Copied into the store's form only when it is kept; the client gets the answer as received.
     let kept = match &result {
         Ok(up) if up.status.as_u16() < 500 => Some(up.to_stored()),

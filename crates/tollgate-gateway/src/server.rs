@@ -24,10 +24,10 @@ use crate::pipeline::{self, Conn};
 use crate::{stage, Gateway, Shared};
 
 /// What a request handler on one serving loop reaches: the shared state and this loop's own
-/// upstream client (its pooled connections are driven by this loop).
+/// upstream connections (driven by this loop).
 struct Local {
     shared: Arc<Shared>,
-    client: stage::forward::Client,
+    upstreams: stage::forward::Upstreams,
 }
 
 impl Gateway {
@@ -53,7 +53,7 @@ impl Gateway {
         let graceful = GracefulShutdown::new();
         let local = Arc::new(Local {
             shared: Arc::clone(&self.shared),
-            client: stage::forward::client(),
+            upstreams: stage::forward::Upstreams::new(),
         });
         tokio::pin!(shutdown);
         loop {
@@ -83,7 +83,7 @@ impl Gateway {
                     let local = Arc::clone(&local);
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            pipeline::handle(&local.shared, &local.client, req, conn).await,
+                            pipeline::handle(&local.shared, &local.upstreams, req, conn).await,
                         )
                     }
                 });

@@ -6,16 +6,21 @@
 //! (made by the `standard-webhooks` provider's own signer), so it can refuse whatever bypassed
 //! tollgate.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{HeaderMap, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tollgate_config::Route;
 use tollgate_store::StoredResponse;
 use tollgate_verify::{Options, SignInput, Verified};
@@ -47,6 +52,153 @@ pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
+}
+
+/// One serving loop's way to the upstreams: plain-http upstreams (always HTTP/1.1, as the pooled
+/// client would speak to them too) go over this loop's own keep-alive connections, driven by this
+/// loop, taken and put back without the pooled client's checkout, locking across threads and
+/// background pool task; https upstreams (TLS, HTTP/2 by ALPN) go through [`Client`].
+#[derive(Debug)]
+pub struct Upstreams {
+    client: Client,
+    idle: std::sync::Mutex<HashMap<Authority, Vec<Idle>>>,
+}
+
+/// A kept-alive HTTP/1.1 connection with nothing in flight.
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// Idle connections older than this are closed rather than reused (the pooled client's figure).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per upstream and serving loop; more are closed.
+const MAX_IDLE: usize = 512;
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstreams {
+    /// No connections yet.
+    pub fn new() -> Self {
+        Upstreams {
+            client: client(),
+            idle: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `req` (absolute URI) and returns the answer's head, plus the connection to put back
+    /// once its body has been read.
+    async fn request(
+        &self,
+        mut req: http::Request<Full<Bytes>>,
+    ) -> Result<(http::Response<Incoming>, Option<Reusable>), GatewayError> {
+        let authority = match (req.uri().scheme(), req.uri().authority()) {
+            (Some(s), Some(a)) if *s == http::uri::Scheme::HTTP => a.clone(),
+            _ => {
+                let resp = self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+                return Ok((resp, None));
+            }
+        };
+        if !req.headers().contains_key(http::header::HOST) {
+            let host = match authority.port_u16() {
+                Some(p) if p != 80 => HeaderValue::from_str(&format!("{}:{p}", authority.host())),
+                _ => HeaderValue::from_str(authority.host()),
+            };
+            if let Ok(h) = host {
+                req.headers_mut().insert(http::header::HOST, h);
+            }
+        }
+        // Origin form, as the pooled client sends to a server (not a proxy).
+        let pq = req.uri().path_and_query().cloned();
+        *req.uri_mut() = match pq {
+            Some(pq) if pq.as_str() != "/" => {
+                let mut parts = http::uri::Parts::default();
+                parts.path_and_query = Some(pq);
+                Uri::from_parts(parts).unwrap_or_default()
+            }
+            _ => Uri::default(),
+        };
+        // A kept connection the upstream closed meanwhile gives the request back unsent; it then
+        // goes on a new connection (never a second time once written: a POST is not repeatable).
+        while let Some(mut sender) = self.take(&authority) {
+            // Ready at once unless its connection is still finishing the previous exchange.
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some((authority, sender)))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(GatewayError::Upstream(Box::new(e.into_error()))),
+                },
+            }
+        }
+        let mut sender = connect(&authority).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+        Ok((resp, Some((authority, sender))))
+    }
+
+    fn take(&self, authority: &Authority) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(authority)?;
+        while let Some(c) = list.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, authority: Authority, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(authority).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection to a plain-http upstream, driven by a task on this runtime.
+async fn connect(authority: &Authority) -> Result<SendRequest<Full<Bytes>>, GatewayError> {
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host();
+    // An IPv6 literal comes bracketed in a URI; the socket address wants it bare.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+    // Nagle against the upstream's delayed ACK would hold back a request written in two segments.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
@@ -147,7 +299,7 @@ pub fn upstream_uri(route: &Route, target: &str) -> Result<Uri, GatewayError> {
 
 /// Forwards and returns the upstream's answer.
 pub(crate) async fn send(
-    client: &Client,
+    upstreams: &Upstreams,
     route: &Route,
     handles: &RouteMetrics,
     verified: &Verified,
@@ -206,7 +358,7 @@ pub(crate) async fn send(
     *req.method_mut() = parts.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    let (result, elapsed) = exchange(client, route, req).await;
+    let (result, elapsed) = exchange(route, upstreams.request(req), Some(upstreams)).await;
     handles.upstream_seconds(elapsed.as_secs_f64());
     result
 }
@@ -257,6 +409,9 @@ pub fn app_signature(
         .collect())
 }
 
+/// A connection to give back to [`Upstreams`] once the answer is read.
+type Reusable = (Authority, SendRequest<Full<Bytes>>);
+
 /// The upstream's answer, hop-by-hop headers removed, the body as read.
 #[derive(Debug)]
 pub struct Upstream {
@@ -289,7 +444,14 @@ pub async fn round_trip(
     route: &Route,
     req: http::Request<Full<Bytes>>,
 ) -> Result<StoredResponse, GatewayError> {
-    let (result, elapsed) = exchange(client, route, req).await;
+    let sent = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+        Ok((resp, None))
+    };
+    let (result, elapsed) = exchange(route, sent, None).await;
     metrics::histogram!(m::UPSTREAM_SECONDS, "route" => route.name.clone())
         .record(elapsed.as_secs_f64());
     result.map(|u| u.to_stored())
@@ -297,23 +459,24 @@ pub async fn round_trip(
 
 /// [`round_trip`] without the metric, keeping the answer as received; also says how long it took.
 async fn exchange(
-    client: &Client,
     route: &Route,
-    req: http::Request<Full<Bytes>>,
+    sent: impl Future<Output = Result<(http::Response<Incoming>, Option<Reusable>), GatewayError>>,
+    pool: Option<&Upstreams>,
 ) -> (Result<Upstream, GatewayError>, Duration) {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(route.upstream_timeout_ms);
     let result = tokio::time::timeout_at(deadline, async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+        let (resp, conn) = sent.await?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_UPSTREAM_BODY)
             .collect()
             .await
             .map_err(GatewayError::Upstream)?
             .to_bytes();
+        // Only a connection whose answer was read whole can carry the next request.
+        if let (Some(pool), Some((authority, sender))) = (pool, conn) {
+            pool.put_back(authority, sender);
+        }
         Ok::<_, GatewayError>((parts, body))
     })
     .await;
