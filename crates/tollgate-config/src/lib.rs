@@ -126,6 +126,9 @@ pub struct Server {
     pub reload_poll_secs: u64,
     /// SIGTERM drain limit.
     pub drain_timeout_secs: u64,
+    /// Threads serving the public listener, each with its own event loop and upstream
+    /// connections; 0 = one per available core.
+    pub workers: usize,
 }
 
 /// `[tls]`, validated (files are read by the gateway at start).
@@ -653,6 +656,24 @@ fn server(raw: &raw::RawServer, env: &dyn Env, errs: &mut Errors<'_>) -> Option<
             "must be greater than 0",
         );
     }
+    let workers = match env.var("TOLLGATE_WORKERS") {
+        Some(v) => v.trim().parse::<usize>().unwrap_or_else(|_| {
+            errs.push(
+                None,
+                "server.workers",
+                format!("TOLLGATE_WORKERS={v:?}: use a whole number (0 = one per core)"),
+            );
+            0
+        }),
+        None => raw.workers.unwrap_or(0),
+    };
+    if workers > MAX_WORKERS {
+        errs.push(
+            None,
+            "server.workers",
+            format!("{workers}: at most {MAX_WORKERS}"),
+        );
+    }
     ok &= errs.list.len() == n;
     Some(Server {
         listen: listen?,
@@ -668,9 +689,13 @@ fn server(raw: &raw::RawServer, env: &dyn Env, errs: &mut Errors<'_>) -> Option<
         drain_timeout_secs: raw
             .drain_timeout_secs
             .unwrap_or(defaults::DRAIN_TIMEOUT_SECS),
+        workers,
     })
     .filter(|_| ok)
 }
+
+/// Largest `server.workers`: more threads than this only add memory and context switches.
+pub const MAX_WORKERS: usize = 1024;
 
 /// An address or CIDR (a bare address is a /32 or /128).
 pub fn parse_net(s: &str) -> Option<IpNet> {

@@ -53,6 +53,8 @@ pub struct RawServer {
     pub reload_poll_secs: Option<u64>,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout_secs: Option<u64>,
+    /// Threads serving the public listener; 0 or absent = one per available core.
+    pub workers: Option<usize>,
 }
 
 /// `[tls]`.

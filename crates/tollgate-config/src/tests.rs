@@ -242,6 +242,28 @@ fn env_overrides_the_file() {
 }
 
 #[test]
+fn workers_come_from_the_file_or_the_environment_and_default_to_per_core() {
+    let e = demo_env();
+    assert_eq!(load(&route_toml(""), &e).unwrap().server.workers, 0);
+    let text = format!("[server]\nworkers = 3\n{}", route_toml(""));
+    assert_eq!(load(&text, &e).unwrap().server.workers, 3);
+    let mut with_env = demo_env();
+    with_env.insert("TOLLGATE_WORKERS".into(), "1".into());
+    assert_eq!(load(&text, &with_env).unwrap().server.workers, 1);
+    with_env.insert("TOLLGATE_WORKERS".into(), "two".into());
+    let errs = errors(&text, &with_env);
+    assert!(
+        errs.iter()
+            .any(|e| e.to_string().contains("TOLLGATE_WORKERS")),
+        "{errs:?}"
+    );
+    let text = format!("[server]\nworkers = 100000\n{}", route_toml(""));
+    assert!(errors(&text, &e)
+        .iter()
+        .any(|e| e.to_string().contains("server.workers")));
+}
+
+#[test]
 fn key_times_parse_as_strings_and_toml_datetimes() {
     let text = route_toml("").replace(
         "{ label = \"a\", secret = \"env:SW_SECRET\" }",

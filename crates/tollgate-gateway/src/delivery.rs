@@ -497,7 +497,7 @@ async fn refresh_gauges(shared: Arc<Shared>, queue: Arc<dyn EventQueue>, opts: D
     let mut last_purge = Instant::now();
     loop {
         tick.tick().await;
-        let table: Arc<Config> = shared.table();
+        let table: Arc<Config> = shared.config();
         let keep = retention(&table, opts.keep_delivered);
         queue.retain_delivered(keep);
         match queue.stats().await {

@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use tollgate_config::Config;
+use tollgate_config::{Config, Route};
 use tollgate_store::{EventQueue, ReplayStore};
 
 pub mod admin;
@@ -33,8 +33,9 @@ pub use error::GatewayError;
 /// upstream client and the limiters.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    table: RwLock<Arc<Config>>,
+    table: RwLock<Arc<Table>>,
     pub(crate) store: Arc<dyn ReplayStore>,
+    /// The delivery workers' upstream client (each serving loop makes its own).
     pub(crate) client: stage::forward::Client,
     pub(crate) failures: stage::rate_limit::FailureLimiter,
     pub(crate) diagnoses: stage::verify::DiagnosisBudget,
@@ -46,12 +47,61 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The table in force when the request arrived; a reload does not change it mid-request.
-    pub(crate) fn table(&self) -> Arc<Config> {
+    pub(crate) fn table(&self) -> Arc<Table> {
         match self.table.read() {
             Ok(t) => t.clone(),
             // A panic while swapping cannot leave a half-written Arc; keep serving.
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// The config in force.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.table().config.clone()
+    }
+}
+
+/// The config in force with what each route keeps beside it for the requests (swapped whole on
+/// reload, so a new route starts with its own handles).
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub(crate) config: Arc<Config>,
+    /// Same order as `config.routes`.
+    metrics: Vec<metrics::RouteMetrics>,
+}
+
+impl Table {
+    fn new(config: Config) -> Self {
+        let config = sorted(config);
+        let metrics = config
+            .routes
+            .iter()
+            .map(metrics::RouteMetrics::new)
+            .collect();
+        Table {
+            config: Arc::new(config),
+            metrics,
+        }
+    }
+
+    /// The route for `path` (see [`stage::route::select`]) and its metric handles.
+    pub(crate) fn select(
+        &self,
+        path: &str,
+    ) -> Result<(&Route, &metrics::RouteMetrics), GatewayError> {
+        self.config
+            .routes
+            .iter()
+            .zip(&self.metrics)
+            .find(|(r, _)| stage::route::matches_segment(&r.path, path))
+            .ok_or(GatewayError::NotFound)
+    }
+}
+
+impl std::ops::Deref for Table {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
     }
 }
 
@@ -79,7 +129,7 @@ impl Gateway {
             stage::rate_limit::FailureLimiter::new(config.server.failed_verify_per_minute);
         Gateway {
             shared: Arc::new(Shared {
-                table: RwLock::new(Arc::new(sorted(config))),
+                table: RwLock::new(Arc::new(Table::new(config))),
                 store,
                 client: stage::forward::client(),
                 failures,
@@ -92,7 +142,7 @@ impl Gateway {
 
     /// Swaps in a new config for the next requests; requests in flight finish on the old one.
     pub fn reload(&self, config: Config) {
-        let new = Arc::new(sorted(config));
+        let new = Arc::new(Table::new(config));
         match self.shared.table.write() {
             Ok(mut t) => *t = new,
             Err(p) => *p.into_inner() = new,
@@ -106,7 +156,7 @@ impl Gateway {
 
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
-        self.shared.table()
+        self.shared.config()
     }
 }
 

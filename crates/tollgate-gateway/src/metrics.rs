@@ -1,7 +1,11 @@
 //! Metric names in one place (the docs list them), and the Prometheus recorder the admin listener
 //! renders. Without an installed recorder every metric call is a no-op, which is what tests want.
 
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use tollgate_config::Route;
 
 /// Requests by `route` and `outcome` (`forwarded`, `replayed`, or the rejection code).
 pub const REQUESTS: &str = "tollgate_requests_total";
@@ -82,4 +86,102 @@ fn describe() {
         QUEUE_ERRORS,
         "Queue failures in the delivery workers by operation"
     );
+}
+
+/// One route's per-request metric handles, resolved on first use and then kept with the route
+/// table: a handle is an `Arc` to the recorder's cell, where a `counter!(..., "route" => name)`
+/// call allocates its labels and hashes them into the registry on every request. Resolving on
+/// first use (not when the table is built) keeps a series out of `/metrics` until it happens, as
+/// the macros do, and works whenever the recorder is installed.
+#[derive(Debug)]
+pub(crate) struct RouteMetrics {
+    route: String,
+    forwarded: OnceLock<Counter>,
+    replayed: OnceLock<Counter>,
+    queued: OnceLock<Counter>,
+    duplicates: OnceLock<Counter>,
+    verify_seconds: OnceLock<Histogram>,
+    upstream_seconds: OnceLock<Histogram>,
+    clock_skew: OnceLock<Gauge>,
+    /// `tollgate_verified_total` by key label, in the key ring's order.
+    verified: Vec<(std::sync::Arc<str>, OnceLock<Counter>)>,
+}
+
+impl RouteMetrics {
+    pub(crate) fn new(route: &Route) -> Self {
+        RouteMetrics {
+            route: route.name.clone(),
+            forwarded: OnceLock::new(),
+            replayed: OnceLock::new(),
+            queued: OnceLock::new(),
+            duplicates: OnceLock::new(),
+            verify_seconds: OnceLock::new(),
+            upstream_seconds: OnceLock::new(),
+            clock_skew: OnceLock::new(),
+            verified: route
+                .keys
+                .keys()
+                .iter()
+                .map(|k| (k.label.clone(), OnceLock::new()))
+                .collect(),
+        }
+    }
+
+    /// `tollgate_requests_total{outcome}` for an answered request.
+    pub(crate) fn request(&self, outcome: &'static str) {
+        let cell = match outcome {
+            "forwarded" => &self.forwarded,
+            "replayed" => &self.replayed,
+            "queued" => &self.queued,
+            _ => {
+                metrics::counter!(REQUESTS, "route" => self.route.clone(), "outcome" => outcome)
+                    .increment(1);
+                return;
+            }
+        };
+        cell.get_or_init(
+            || metrics::counter!(REQUESTS, "route" => self.route.clone(), "outcome" => outcome),
+        )
+        .increment(1);
+    }
+
+    pub(crate) fn duplicate(&self) {
+        self.duplicates
+            .get_or_init(|| metrics::counter!(DUPLICATES, "route" => self.route.clone()))
+            .increment(1);
+    }
+
+    pub(crate) fn verify_seconds(&self, secs: f64) {
+        self.verify_seconds
+            .get_or_init(|| metrics::histogram!(VERIFY_SECONDS, "route" => self.route.clone()))
+            .record(secs);
+    }
+
+    pub(crate) fn upstream_seconds(&self, secs: f64) {
+        self.upstream_seconds
+            .get_or_init(|| metrics::histogram!(UPSTREAM_SECONDS, "route" => self.route.clone()))
+            .record(secs);
+    }
+
+    pub(crate) fn clock_skew(&self, skew: f64) {
+        self.clock_skew
+            .get_or_init(|| metrics::gauge!(CLOCK_SKEW, "route" => self.route.clone()))
+            .set(skew);
+    }
+
+    /// `tollgate_verified_total{key}`.
+    pub(crate) fn verified(&self, key: &str) {
+        match self.verified.iter().find(|(label, _)| &**label == key) {
+            Some((label, cell)) => cell
+                .get_or_init(|| {
+                    metrics::counter!(VERIFIED, "route" => self.route.clone(), "key" => label.to_string())
+                })
+                .increment(1),
+            // A label outside the ring cannot verify; counted all the same rather than lost.
+            None => {
+                metrics::counter!(VERIFIED, "route" => self.route.clone(), "key" => key.to_owned())
+                    .increment(1);
+            }
+        }
+    }
 }

@@ -2,7 +2,6 @@
 //! it does; the integration test `stage_order_is_pinned` checks the order from outside.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,8 +10,9 @@ use hyper::body::Incoming;
 use tollgate_config::Mode;
 use tollgate_store::{Claim, Enqueued, StoreError, StoredResponse};
 
+use crate::metrics::RouteMetrics;
 use crate::stage::{self, forward::Outgoing};
-use crate::{metrics as m, rescue, GatewayError, Shared};
+use crate::{rescue, GatewayError, Shared, Table};
 
 /// Response type of the public listener.
 pub type Response = http::Response<Full<Bytes>>;
@@ -28,40 +28,43 @@ pub struct Conn {
 
 /// What rescue needs to write the audit line.
 #[derive(Debug, Default)]
-pub(crate) struct Ctx {
-    pub(crate) route: Option<String>,
+pub(crate) struct Ctx<'t> {
+    pub(crate) route: Option<&'t str>,
     pub(crate) client_ip: Option<IpAddr>,
 }
 
 /// Handles one request; never fails (failures become answers in [`rescue`]).
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
+    shared: &Shared,
+    upstreams: &stage::forward::Upstreams,
     req: http::Request<Incoming>,
     conn: Conn,
 ) -> Response {
+    let table = shared.table();
     let mut ctx = Ctx::default();
-    match run(&shared, req, conn, &mut ctx).await {
-        Ok((resp, outcome)) => {
-            metrics::counter!(m::REQUESTS, "route" => ctx.route.unwrap_or_default(), "outcome" => outcome).increment(1);
+    match run(shared, &table, upstreams, req, conn, &mut ctx).await {
+        Ok((resp, handles, outcome)) => {
+            handles.request(outcome);
             resp
         }
         Err(e) => rescue::rescue(e, &ctx),
     }
 }
 
-async fn run(
+async fn run<'t>(
     shared: &Shared,
+    table: &'t Table,
+    upstreams: &stage::forward::Upstreams,
     req: http::Request<Incoming>,
     conn: Conn,
-    ctx: &mut Ctx,
-) -> Result<(Response, &'static str), GatewayError> {
-    let table = shared.table();
+    ctx: &mut Ctx<'t>,
+) -> Result<(Response, &'t RouteMetrics, &'static str), GatewayError> {
     let server = &table.server;
     let (parts, body) = req.into_parts();
 
     // 1. Route first: an unknown path costs nothing and learns nothing (404, no body read).
-    let route = stage::route::select(&table, parts.uri.path())?;
-    ctx.route = Some(route.name.clone());
+    let (route, handles) = table.select(parts.uri.path())?;
+    ctx.route = Some(&route.name);
 
     // 2. Client IP next: allow_ips, the failure budget and the audit line all need it.
     let via = stage::client_ip::via(conn.peer, &parts.headers, &server.trusted_proxies);
@@ -88,7 +91,14 @@ async fn run(
     let public = stage::public_url::build(&parts, server.public_url.as_deref(), conn.tls, &via)?;
 
     // 5. Verify: nothing below runs for an unauthenticated request.
-    let verified = match stage::verify::run(route, &parts, &public.url, &body, &shared.diagnoses) {
+    let verified = match stage::verify::run(
+        route,
+        handles,
+        &parts,
+        &public.url,
+        &body,
+        &shared.diagnoses,
+    ) {
         Ok(v) => v,
         Err(e) => {
             shared.failures.record_failure(client_ip)?;
@@ -125,33 +135,41 @@ async fn run(
         return Ok(match enqueued {
             Enqueued::New => {
                 shared.wake.notify_one();
-                (answer(&ans, false), "queued")
+                (answer(&ans, false), handles, "queued")
             }
             Enqueued::Duplicate => {
-                metrics::counter!(m::DUPLICATES, "route" => route.name.clone()).increment(1);
-                (answer(&ans, true), "replayed")
+                handles.duplicate();
+                (answer(&ans, true), handles, "replayed")
             }
         });
     }
 
     // 7b. Proxy mode: the replay claim, then forward; the claim is completed with the app's
     // answer or released for the retry.
-    match stage::replay::claim(shared.store.as_ref(), route, &key).await? {
+    match stage::replay::claim(shared.store.as_ref(), route, handles, &key).await? {
         Claim::Claimed => {}
         Claim::InFlight => return Err(GatewayError::InFlight),
-        Claim::Done(first) => return Ok((answer(&first, true), "replayed")),
+        Claim::Done(first) => return Ok((answer(&first, true), handles, "replayed")),
     }
     let out = Outgoing {
-        parts: &parts,
+        parts,
         body,
         client_ip,
         public: &public,
         event_key: &key,
     };
-    let result = stage::forward::send(&shared.client, route, &verified, out).await;
-    stage::replay::finish(shared.store.as_ref(), route, &key, result.as_ref().ok()).await;
+    let result = stage::forward::send(upstreams, route, handles, &verified, out).await;
+    // Copied into the store's form only when it is kept; the client gets the answer as received.
+    let kept = match &result {
+        Ok(up) if up.status.as_u16() < 500 => Some(up.to_stored()),
+        _ => None,
+    };
+    stage::replay::finish(shared.store.as_ref(), route, &key, kept.as_ref()).await;
     let upstream = result?;
-    Ok((answer(&upstream, false), "forwarded"))
+    let mut resp = http::Response::new(Full::new(upstream.body));
+    *resp.status_mut() = upstream.status;
+    *resp.headers_mut() = upstream.headers;
+    Ok((resp, handles, "forwarded"))
 }
 
 /// The upstream's answer, unchanged (a replay is marked so operators can tell).

@@ -1,7 +1,8 @@
 //! Reloading: SIGHUP, or a changed modification time of the config file, loads the file again.
 //! A valid file replaces routes, keys and per-request server settings; an invalid one is refused
 //! with every error logged and the running config kept. Settings that need new sockets or a new
-//! store (`listen`, `admin_listen`, `[tls]`, `[state]`) are reported as needing a restart.
+//! store (`listen`, `admin_listen`, `workers`, `[tls]`, `[state]`) are reported as needing a
+//! restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,10 +20,11 @@ impl Gateway {
                 let old = self.config();
                 if old.server.listen != new.server.listen
                     || old.server.admin_listen != new.server.admin_listen
+                    || old.server.workers != new.server.workers
                     || old.tls.is_some() != new.tls.is_some()
                     || old.state != new.state
                 {
-                    tracing::warn!("listen, admin_listen, [tls] and [state] changes take effect after a restart");
+                    tracing::warn!("listen, admin_listen, workers, [tls] and [state] changes take effect after a restart");
                 }
                 let routes = new.routes.len();
                 self.reload(new);

@@ -11,7 +11,7 @@ use crate::{metrics as m, GatewayError};
 /// Turns `err` into the client's answer.
 pub(crate) fn rescue(err: GatewayError, ctx: &Ctx) -> Response {
     let (status, code) = err.status_and_code();
-    let route = ctx.route.clone().unwrap_or_default();
+    let route = ctx.route.unwrap_or_default().to_owned();
     metrics::counter!(m::REQUESTS, "route" => route.clone(), "outcome" => code).increment(1);
     if status < 500 && status != 404 {
         metrics::counter!(m::REJECTIONS, "route" => route.clone(), "reason" => code).increment(1);

@@ -832,3 +832,76 @@ fn sample_and_sign_are_what_the_tests_use() {
         );
     }
 }
+
+/// A bare HTTP/1.1 upstream that counts the connections it accepts and answers each request
+/// `200 ok`, keeping the connection open unless `close` (then it says `Connection: close`).
+async fn counting_upstream(close: bool) -> (std::net::SocketAddr, Arc<std::sync::Mutex<usize>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::Mutex::new(0usize));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            *count.lock().expect("lock") += 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One whole request: the head, then content-length bytes of body.
+                    let (head_end, length) = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (i + 4, length);
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buf.len() < head_end + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    let answer: &[u8] = if close {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if stream.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_a_closed_one_is_not_reused() {
+    for close in [false, true] {
+        let (addr, accepted) = counting_upstream(close).await;
+        let gw = start(config(&config_text(addr, "", "")), memory()).await;
+        for i in 0..3 {
+            let a = deliver(gw.addr, &format!("msg_keepalive_{close}_{i}"), &[]).await;
+            assert_eq!(
+                (a.status, a.body.as_str()),
+                (200, "ok"),
+                "close={close} #{i}"
+            );
+        }
+        let connections = *accepted.lock().expect("lock");
+        assert_eq!(connections, if close { 3 } else { 1 }, "close={close}");
+        gw.shutdown().await;
+    }
+}

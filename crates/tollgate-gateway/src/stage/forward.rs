@@ -6,22 +6,27 @@
 //! (made by the `standard-webhooks` provider's own signer), so it can refuse whatever bypassed
 //! tollgate.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{HeaderMap, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tollgate_config::Route;
 use tollgate_store::StoredResponse;
 use tollgate_verify::{Options, SignInput, Verified};
 
 use super::public_url::PublicUrl;
-use crate::metrics as m;
+use crate::metrics::{self as m, RouteMetrics};
 use crate::GatewayError;
 
 /// The pooled keep-alive upstream client (HTTP/1.1; HTTP/2 by ALPN on https upstreams).
@@ -49,6 +54,153 @@ pub fn client() -> Client {
         .build(https)
 }
 
+/// One serving loop's way to the upstreams: plain-http upstreams (always HTTP/1.1, as the pooled
+/// client would speak to them too) go over this loop's own keep-alive connections, driven by this
+/// loop, taken and put back without the pooled client's checkout, locking across threads and
+/// background pool task; https upstreams (TLS, HTTP/2 by ALPN) go through [`Client`].
+#[derive(Debug)]
+pub struct Upstreams {
+    client: Client,
+    idle: std::sync::Mutex<HashMap<Authority, Vec<Idle>>>,
+}
+
+/// A kept-alive HTTP/1.1 connection with nothing in flight.
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// Idle connections older than this are closed rather than reused (the pooled client's figure).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per upstream and serving loop; more are closed.
+const MAX_IDLE: usize = 512;
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstreams {
+    /// No connections yet.
+    pub fn new() -> Self {
+        Upstreams {
+            client: client(),
+            idle: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `req` (absolute URI) and returns the answer's head, plus the connection to put back
+    /// once its body has been read.
+    async fn request(
+        &self,
+        mut req: http::Request<Full<Bytes>>,
+    ) -> Result<(http::Response<Incoming>, Option<Reusable>), GatewayError> {
+        let authority = match (req.uri().scheme(), req.uri().authority()) {
+            (Some(s), Some(a)) if *s == http::uri::Scheme::HTTP => a.clone(),
+            _ => {
+                let resp = self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+                return Ok((resp, None));
+            }
+        };
+        if !req.headers().contains_key(http::header::HOST) {
+            let host = match authority.port_u16() {
+                Some(p) if p != 80 => HeaderValue::from_str(&format!("{}:{p}", authority.host())),
+                _ => HeaderValue::from_str(authority.host()),
+            };
+            if let Ok(h) = host {
+                req.headers_mut().insert(http::header::HOST, h);
+            }
+        }
+        // Origin form, as the pooled client sends to a server (not a proxy).
+        let pq = req.uri().path_and_query().cloned();
+        *req.uri_mut() = match pq {
+            Some(pq) if pq.as_str() != "/" => {
+                let mut parts = http::uri::Parts::default();
+                parts.path_and_query = Some(pq);
+                Uri::from_parts(parts).unwrap_or_default()
+            }
+            _ => Uri::default(),
+        };
+        // A kept connection the upstream closed meanwhile gives the request back unsent; it then
+        // goes on a new connection (never a second time once written: a POST is not repeatable).
+        while let Some(mut sender) = self.take(&authority) {
+            // Ready at once unless its connection is still finishing the previous exchange.
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some((authority, sender)))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(GatewayError::Upstream(Box::new(e.into_error()))),
+                },
+            }
+        }
+        let mut sender = connect(&authority).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+        Ok((resp, Some((authority, sender))))
+    }
+
+    fn take(&self, authority: &Authority) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(authority)?;
+        while let Some(c) = list.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, authority: Authority, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(authority).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection to a plain-http upstream, driven by a task on this runtime.
+async fn connect(authority: &Authority) -> Result<SendRequest<Full<Bytes>>, GatewayError> {
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host();
+    // An IPv6 literal comes bracketed in a URI; the socket address wants it bare.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+    // Nagle against the upstream's delayed ACK would hold back a request written in two segments.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
 /// tollgate sets itself and must not take from the client.
 pub const DROP: &[&str] = &[
@@ -73,29 +225,36 @@ pub const DROP: &[&str] = &[
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &HeaderMap, extra: &[&str]) -> HeaderMap {
-    let named: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (k, v) in headers {
-        let name = k.as_str();
-        if extra.contains(&name) || named.iter().any(|n| n == name) {
-            continue;
-        }
-        out.append(k.clone(), v.clone());
-    }
+    let mut out = headers.clone();
+    strip_in_place(&mut out, extra);
     out
+}
+
+/// [`strip_hop_by_hop`] on a map the caller owns: a handful of removals instead of a new map
+/// (the order of the remaining fields may change; their values and their order per name do not).
+pub fn strip_in_place(headers: &mut HeaderMap, extra: &[&str]) {
+    if headers.contains_key(http::header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for name in extra {
+        headers.remove(*name);
+    }
 }
 
 /// What the forward needs besides the route and the proof.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
-    /// The request head as received.
-    pub parts: &'a Parts,
+    /// The request head as received (its headers are filtered in place and sent on).
+    pub parts: Parts,
     /// The body as received.
     pub body: Bytes,
     /// The client IP tollgate determined.
@@ -139,46 +298,69 @@ pub fn upstream_uri(route: &Route, target: &str) -> Result<Uri, GatewayError> {
 }
 
 /// Forwards and returns the upstream's answer.
-pub async fn send(
-    client: &Client,
+pub(crate) async fn send(
+    upstreams: &Upstreams,
     route: &Route,
+    handles: &RouteMetrics,
     verified: &Verified,
     out: Outgoing<'_>,
-) -> Result<StoredResponse, GatewayError> {
-    let target = out
-        .parts
+) -> Result<Upstream, GatewayError> {
+    let Outgoing {
+        parts,
+        body,
+        client_ip,
+        public,
+        event_key,
+    } = out;
+    let target = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
     let uri = upstream_uri(route, target)?;
-    let mut headers = strip_hop_by_hop(&out.parts.headers, DROP);
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::try_from(value) {
+    let mut headers = parts.headers;
+    strip_in_place(&mut headers, DROP);
+    let mut set = |name: &'static str, value: Result<HeaderValue, _>| {
+        if let Ok(v) = value {
             headers.insert(HeaderName::from_static(name), v);
         }
     };
-    set("x-forwarded-for", out.client_ip.to_string());
-    set("x-forwarded-proto", out.public.scheme.clone());
-    set("x-forwarded-host", out.public.host.clone());
-    set("tollgate-verified", verified_header(verified));
-    let uri_text = uri.to_string();
-    for (k, v) in app_signature(
-        route,
-        out.parts.method.as_str(),
-        &uri_text,
-        &out.body,
-        &app_message_id(out.event_key),
-    )? {
-        headers.insert(k, v);
+    set(
+        "x-forwarded-for",
+        HeaderValue::try_from(client_ip.to_string()),
+    );
+    set(
+        "x-forwarded-proto",
+        match public.scheme.as_str() {
+            "https" => Ok(HeaderValue::from_static("https")),
+            "http" => Ok(HeaderValue::from_static("http")),
+            other => HeaderValue::from_str(other),
+        },
+    );
+    set("x-forwarded-host", HeaderValue::from_str(&public.host));
+    set(
+        "tollgate-verified",
+        HeaderValue::try_from(verified_header(verified)),
+    );
+    if route.app_secret.is_some() {
+        let uri_text = uri.to_string();
+        for (k, v) in app_signature(
+            route,
+            parts.method.as_str(),
+            &uri_text,
+            &body,
+            &app_message_id(event_key),
+        )? {
+            headers.insert(k, v);
+        }
     }
-    let mut req = http::Request::builder()
-        .method(out.parts.method.clone())
-        .uri(uri)
-        .body(Full::new(out.body))
-        .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+    let mut req = http::Request::new(Full::new(body));
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    round_trip(client, route, req).await
+    let (result, elapsed) = exchange(route, upstreams.request(req), Some(upstreams)).await;
+    handles.upstream_seconds(elapsed.as_secs_f64());
+    result
 }
 
 /// The `Tollgate-Verified` value: which provider and key verified the request.
@@ -227,40 +409,92 @@ pub fn app_signature(
         .collect())
 }
 
+/// A connection to give back to [`Upstreams`] once the answer is read.
+type Reusable = (Authority, SendRequest<Full<Bytes>>);
+
+/// The upstream's answer, hop-by-hop headers removed, the body as read.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its status.
+    pub status: http::StatusCode,
+    /// Its end-to-end headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl Upstream {
+    /// The answer as the replay store keeps it (a copy: only made when it is stored).
+    pub fn to_stored(&self) -> StoredResponse {
+        StoredResponse {
+            status: self.status.as_u16(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            body: self.body.to_vec(),
+        }
+    }
+}
+
 /// Sends `req` within the route's `upstream_timeout_ms` and reads the answer (bounded).
 pub async fn round_trip(
     client: &Client,
     route: &Route,
     req: http::Request<Full<Bytes>>,
 ) -> Result<StoredResponse, GatewayError> {
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(route.upstream_timeout_ms);
-    let result = tokio::time::timeout_at(deadline, async {
+    let sent = async {
         let resp = client
             .request(req)
             .await
             .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+        Ok((resp, None))
+    };
+    let (result, elapsed) = exchange(route, sent, None).await;
+    metrics::histogram!(m::UPSTREAM_SECONDS, "route" => route.name.clone())
+        .record(elapsed.as_secs_f64());
+    result.map(|u| u.to_stored())
+}
+
+/// [`round_trip`] without the metric, keeping the answer as received; also says how long it took.
+async fn exchange(
+    route: &Route,
+    sent: impl Future<Output = Result<(http::Response<Incoming>, Option<Reusable>), GatewayError>>,
+    pool: Option<&Upstreams>,
+) -> (Result<Upstream, GatewayError>, Duration) {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(route.upstream_timeout_ms);
+    let result = tokio::time::timeout_at(deadline, async {
+        let (resp, conn) = sent.await?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_UPSTREAM_BODY)
             .collect()
             .await
             .map_err(GatewayError::Upstream)?
             .to_bytes();
+        // Only a connection whose answer was read whole can carry the next request.
+        if let (Some(pool), Some((authority, sender))) = (pool, conn) {
+            pool.put_back(authority, sender);
+        }
         Ok::<_, GatewayError>((parts, body))
     })
     .await;
-    metrics::histogram!(m::UPSTREAM_SECONDS, "route" => route.name.clone())
-        .record(started.elapsed().as_secs_f64());
-    let (parts, body) = result.map_err(|_| GatewayError::UpstreamTimeout)??;
-    let headers = strip_hop_by_hop(&parts.headers, &DROP[..9])
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect();
-    Ok(StoredResponse {
-        status: parts.status.as_u16(),
-        headers,
-        body: body.to_vec(),
-    })
+    let elapsed = started.elapsed();
+    let result = match result {
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((parts, body))) => {
+            let mut headers = parts.headers;
+            strip_in_place(&mut headers, &DROP[..9]);
+            Ok(Upstream {
+                status: parts.status,
+                headers,
+                body,
+            })
+        }
+    };
+    (result, elapsed)
 }
 
 /// The `webhook-id` tollgate sends the app: derived from the event key, so a provider retry that

@@ -10,7 +10,7 @@ use tollgate_config::Route;
 use tollgate_store::{Claim, ReplayStore, StoredResponse};
 use tollgate_verify::Verified;
 
-use crate::metrics as m;
+use crate::metrics::{self as m, RouteMetrics};
 use crate::GatewayError;
 
 /// Added to the upstream timeout for the in-flight lease, so the lease outlives the forward.
@@ -33,9 +33,10 @@ pub fn key(route: &Route, verified: &Verified, method: &str, url: &str, body: &[
 }
 
 /// Claims the key.
-pub async fn claim(
+pub(crate) async fn claim(
     store: &dyn ReplayStore,
     route: &Route,
+    handles: &RouteMetrics,
     key: &str,
 ) -> Result<Claim, GatewayError> {
     let lease = Duration::from_millis(route.upstream_timeout_ms) + LEASE_MARGIN;
@@ -44,7 +45,7 @@ pub async fn claim(
         GatewayError::Store(e)
     })?;
     if !matches!(claim, Claim::Claimed) {
-        metrics::counter!(m::DUPLICATES, "route" => route.name.clone()).increment(1);
+        handles.duplicate();
     }
     Ok(claim)
 }

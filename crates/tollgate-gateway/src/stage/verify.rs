@@ -10,7 +10,7 @@ use http::request::Parts;
 use tollgate_config::Route;
 use tollgate_verify::{diagnose, Hints, Reject, Request, Verified};
 
-use crate::metrics as m;
+use crate::metrics::RouteMetrics;
 use crate::GatewayError;
 
 /// Diagnoses per minute, process-wide.
@@ -41,8 +41,9 @@ pub fn now_unix() -> i64 {
 }
 
 /// Verifies the request as received.
-pub fn run(
+pub(crate) fn run(
     route: &Route,
+    handles: &RouteMetrics,
     parts: &Parts,
     url: &str,
     body: &[u8],
@@ -57,19 +58,18 @@ pub fn run(
     let now = now_unix();
     let started = Instant::now();
     let result = route.verifier.verify(&req, now);
-    metrics::histogram!(m::VERIFY_SECONDS, "route" => route.name.clone())
-        .record(started.elapsed().as_secs_f64());
+    handles.verify_seconds(started.elapsed().as_secs_f64());
     match result {
         Ok(v) => {
-            metrics::counter!(m::VERIFIED, "route" => route.name.clone(), "key" => v.key_label().to_owned()).increment(1);
+            handles.verified(v.key_label());
             if let Some(t) = v.signed_time() {
-                record_skew(route, now.saturating_sub(t));
+                record_skew(route, handles, now.saturating_sub(t));
             }
             Ok(v)
         }
         Err(r) => {
             if let Reject::TimestampOutOfWindow { skew_secs, .. } = r {
-                record_skew(route, skew_secs);
+                record_skew(route, handles, skew_secs);
             }
             let diagnosis = (matches!(r, Reject::SignatureMismatch | Reject::BodyHashMismatch)
                 && budget.0.check().is_ok())
@@ -93,8 +93,8 @@ pub fn run(
     }
 }
 
-fn record_skew(route: &Route, skew: i64) {
-    metrics::gauge!(m::CLOCK_SKEW, "route" => route.name.clone()).set(skew as f64);
+fn record_skew(route: &Route, handles: &RouteMetrics, skew: i64) {
+    handles.clock_skew(skew as f64);
     let third = route.settings.tolerance_secs / 3;
     if skew.unsigned_abs() > third {
         tracing::warn!(

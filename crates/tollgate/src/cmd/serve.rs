@@ -166,16 +166,20 @@ async fn serve(
         .map(tls::acceptor)
         .transpose()
         .context("[tls]")?;
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("binding {}", config.server.listen))?;
     let admin = tokio::net::TcpListener::bind(config.server.admin_listen)
         .await
         .with_context(|| format!("binding {}", config.server.admin_listen))?;
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     tracing::info!(
         listen = %config.server.listen,
         admin = %config.server.admin_listen,
         tls = acceptor.is_some(),
+        workers,
         routes = config.routes.len(),
         "tollgate serving"
     );
@@ -199,16 +203,23 @@ async fn serve(
             })
             .await
     });
-    let signal = async move {
-        terminate().await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-    };
-    gateway.serve(listener, acceptor, signal).await?;
+    let mut serving = gateway
+        .spawn_workers(listener, acceptor, workers, stop_rx)
+        .context("starting the serving threads")?;
+    terminate().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    tracing::info!("draining in-flight requests");
+    let drained = serving.drained().await;
     if let Some(d) = delivery {
         d.shutdown(drain).await;
     }
-    admin_task.await??;
+    let admin_result = admin_task.await;
+    // Only now: a store connection made lazily on a serving thread stays usable for the delivery
+    // drain above.
+    tokio::task::spawn_blocking(move || serving.join()).await?;
+    drained?;
+    admin_result??;
     Ok(())
 }
 
