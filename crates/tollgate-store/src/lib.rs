@@ -22,6 +22,7 @@ pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod group_commit;
+mod index;
 pub mod memory;
 pub mod queue;
 #[cfg(feature = "conformance")]
