@@ -111,7 +111,7 @@ impl Answer {
         let headers: Vec<(String, Vec<u8>)> = response
             .headers
             .iter()
-            .filter(|(name, _)| !name.eq_ignore_ascii_case("date"))
+            .filter(|(name, _)| !is_date(name))
             .cloned()
             .collect();
         let encoded_headers = crate::sqlite::encode_headers(&headers);
@@ -134,6 +134,39 @@ impl Answer {
     }
 }
 
+/// Whether a header is left out of stored answers.
+fn is_date(name: &str) -> bool {
+    name.eq_ignore_ascii_case("date")
+}
+
+/// [`Answer::new`]'s id without building the answer: the same bytes [`content_id`] hashes, with
+/// the header block encoded straight into the hash, so a completion whose answer is already
+/// interned allocates nothing.
+fn response_id(response: &StoredResponse) -> KeyHash {
+    let kept = || response.headers.iter().filter(|(n, _)| !is_date(n));
+    let encoded_len: usize = 4 + kept().map(|(n, v)| 8 + n.len() + v.len()).sum::<usize>();
+    let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
+    let mut h = Sha256::new();
+    h.update(response.status.to_be_bytes());
+    h.update((encoded_len as u64).to_be_bytes());
+    h.update(len32(kept().count()));
+    for (name, value) in kept() {
+        h.update(len32(name.len()));
+        h.update(name.as_bytes());
+        h.update(len32(value.len()));
+        h.update(value);
+    }
+    h.update(&response.body);
+    truncate(h)
+}
+
+fn truncate(h: Sha256) -> KeyHash {
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    KeyHash(out)
+}
+
 /// The content hash of an answer; lengths are framed so no two contents share an input.
 fn content_id(status: u16, encoded_headers: &[u8], body: &[u8]) -> KeyHash {
     let mut h = Sha256::new();
@@ -141,10 +174,7 @@ fn content_id(status: u16, encoded_headers: &[u8], body: &[u8]) -> KeyHash {
     h.update((encoded_headers.len() as u64).to_be_bytes());
     h.update(encoded_headers);
     h.update(body);
-    let digest = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
-    KeyHash(out)
+    truncate(h)
 }
 
 /// A claimed key's state: in flight while `answer` is `None`, done once it holds the answer.
@@ -290,6 +320,15 @@ impl Index {
         }
     }
 
+    /// The shared copy of `response` (without its `date` header), stored now if new.
+    pub(crate) fn intern_response(&self, response: &StoredResponse) -> Arc<Answer> {
+        let id = response_id(response);
+        if let Some(a) = lock(&self.answers).map.get(&id) {
+            return Arc::clone(a);
+        }
+        self.intern(Answer::new(response))
+    }
+
     /// The shared copy of `answer`'s content (stored now if new).
     pub(crate) fn intern(&self, answer: Answer) -> Arc<Answer> {
         let mut interner = lock(&self.answers);
@@ -359,6 +398,35 @@ mod tests {
         let c = index.intern(Answer::new(&response("<Response>2</Response>", "x")));
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(index.answers(), 2);
+    }
+
+    #[test]
+    fn the_streamed_id_is_the_id_of_the_built_answer() {
+        for r in [
+            response("<Response/>", "Mon, 23 Nov 2026 13:00:00 GMT"),
+            StoredResponse {
+                status: 203,
+                headers: vec![
+                    ("x-raw".into(), vec![0xff, 0x00]),
+                    ("DATE".into(), b"gone".to_vec()),
+                    ("x-raw".into(), Vec::new()),
+                ],
+                body: (0..=255u8).collect(),
+            },
+            StoredResponse {
+                status: 204,
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
+        ] {
+            assert_eq!(response_id(&r), Answer::new(&r).id);
+        }
+        let index = Index::default();
+        let built = index.intern(Answer::new(&response("x", "a")));
+        assert!(Arc::ptr_eq(
+            &built,
+            &index.intern_response(&response("x", "b"))
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{deadline, SharedClock, SystemClock};
-use crate::index::{Answer, Index, KeyHash, Seen};
+use crate::index::{Index, KeyHash, Seen};
 use crate::{Claim, ReplayStore, StoreError, StoredResponse};
 
 /// In-memory [`ReplayStore`]: a few tens of bytes per event key, answers shared by content.
@@ -77,7 +77,7 @@ impl ReplayStore for MemoryStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        let answer = self.index.intern(Answer::new(response));
+        let answer = self.index.intern_response(response);
         self.index
             .complete(&KeyHash::of(key), now, deadline(now, ttl), answer);
         Ok(())

@@ -424,7 +424,7 @@ impl ReplayStore for SqliteStore {
         let row = Row {
             key: KeyHash::of(key),
             until_ms: deadline(now, ttl),
-            answer: self.shared.index.intern(Answer::new(response)),
+            answer: self.shared.index.intern_response(response),
         };
         // The index learns the answer first and keeps it whatever the disk says: this process
         // must replay it either way; only its survival of a restart depends on the write.
