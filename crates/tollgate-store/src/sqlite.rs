@@ -56,6 +56,9 @@ const ANSWER_SLACK_MS: u64 = 60_000;
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A WAL longer than this many pages is restarted by the checkpointer even under steady writes.
+const WAL_RESTART_FRAMES: i64 = 8192;
+
 /// The WAL is truncated back to this size when it restarts after a checkpoint.
 const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
 
@@ -642,7 +645,16 @@ fn spawn_checkpointer(path: &Path, options: &SqliteOptions) -> Option<mpsc::Send
             {
                 // PASSIVE never waits for the writer and never blocks it; a failure (a read-only
                 // file) is retried next interval and changes nothing meanwhile.
-                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                let wal_frames = conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+                    .unwrap_or(0);
+                // The WAL only starts over when a write finds it fully copied, which steady
+                // traffic may never allow; past a size, RESTART holds the writer back for the
+                // last few frames so the next write starts it over (and `journal_size_limit`
+                // trims the file).
+                if wal_frames > WAL_RESTART_FRAMES {
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+                }
             }
         })
         .ok()?;
