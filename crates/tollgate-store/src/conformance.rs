@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::Barrier;
 
 use crate::clock::ManualClock;
-use crate::{Claim, ReplayStore, StoredResponse};
+use crate::{Claim, ReplayStore, StoreError, StoredResponse};
 
 /// Where every case's clock starts: a realistic unix-ms value, so a backend mixing up seconds and
 /// milliseconds or signed and unsigned fails.
@@ -77,6 +77,59 @@ macro_rules! conformance_suite {
             awkward_keys_are_distinct,
             many_keys_are_independent,
             ping_answers,
+            identical_answers_are_replayed_for_every_key,
+            expired_keys_are_forgotten_at_scale,
+        );
+    };
+    (@cases $name:ident, $make:ident; $($case:ident),* $(,)?) => {
+        mod $name {
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let clock = $crate::clock::ManualClock::new($crate::conformance::START_MS);
+                    let subject = super::$make(::std::sync::Arc::clone(&clock)).await;
+                    $crate::conformance::$case(&subject, &clock).await;
+                }
+            )*
+        }
+    };
+}
+
+/// A backend that keeps state in a file (or another place that outlives the process), opened
+/// again and again on the same place: what a restart, or a second process, would see.
+pub struct Reopenable {
+    open: Box<dyn Fn() -> Result<Arc<dyn ReplayStore>, StoreError> + Send + Sync>,
+    _keep_alive: Box<dyn Any + Send + Sync>,
+}
+
+impl Reopenable {
+    /// `open` opens the store on the same place each time; `guard` (a temporary directory)
+    /// lives as long as the subject.
+    pub fn new(
+        open: impl Fn() -> Result<Arc<dyn ReplayStore>, StoreError> + Send + Sync + 'static,
+        guard: impl Any + Send + Sync,
+    ) -> Self {
+        Self {
+            open: Box::new(open),
+            _keep_alive: Box::new(guard),
+        }
+    }
+
+    fn open(&self) -> Arc<dyn ReplayStore> {
+        (self.open)().unwrap_or_else(|e| panic!("open: {e}"))
+    }
+}
+
+/// Expands to one `#[tokio::test]` per restart case inside `mod $name`, each building its
+/// subject with `$make` (an `async fn(Arc<ManualClock>) -> Reopenable`). For backends whose
+/// state outlives the process that owns it and whose place may have only one owner.
+#[macro_export]
+macro_rules! restart_conformance_suite {
+    ($name:ident, $make:ident) => {
+        $crate::restart_conformance_suite!(@cases $name, $make;
+            restart_replays_completed_answers_only,
+            restart_forgets_expired_answers,
+            a_second_owner_is_refused,
         );
     };
     (@cases $name:ident, $make:ident; $($case:ident),* $(,)?) => {
@@ -324,4 +377,138 @@ pub async fn ping_answers(s: &Subject, _clock: &ManualClock) {
     if let Err(e) = s.store.ping().await {
         panic!("ping failed: {e}");
     }
+}
+
+/// Many keys completed with the same answer (the common case: every event gets `<Response/>`)
+/// each replay it, however the others end (released, re-answered, expired).
+pub async fn identical_answers_are_replayed_for_every_key(s: &Subject, clock: &ManualClock) {
+    let common = StoredResponse {
+        status: 200,
+        headers: vec![("content-type".into(), b"text/xml".to_vec())],
+        body: b"<Response/>".to_vec(),
+    };
+    for i in 0..100 {
+        let key = format!("evt-{i}");
+        assert_eq!(claim(s, &key).await, Claim::Claimed);
+        if i % 10 == 0 {
+            // A few keys only live a second: their expiry must not take the answer with it.
+            if let Err(e) = s
+                .store
+                .complete(&key, &common, Duration::from_secs(1))
+                .await
+            {
+                panic!("complete({key:?}) failed: {e}");
+            }
+        } else {
+            complete(s, &key, &common).await;
+        }
+    }
+    complete(s, "evt-1", &awkward_response()).await;
+    clock.advance(Duration::from_secs(1));
+    for i in 0..100 {
+        let key = format!("evt-{i}");
+        let expect = match i {
+            1 => Claim::Done(awkward_response()),
+            i if i % 10 == 0 => Claim::Claimed,
+            _ => Claim::Done(common.clone()),
+        };
+        assert_eq!(claim(s, &key).await, expect, "{key}");
+    }
+}
+
+/// Thousands of expired keys, in flight and done, are all new again, and new keys still work.
+pub async fn expired_keys_are_forgotten_at_scale(s: &Subject, clock: &ManualClock) {
+    const KEYS: usize = 3_000;
+    for i in 0..KEYS {
+        let key = format!("old-{i}");
+        assert_eq!(claim(s, &key).await, Claim::Claimed);
+        if i % 2 == 0 {
+            complete(s, &key, &awkward_response()).await;
+        }
+    }
+    clock.advance(TTL);
+    for i in (0..KEYS).step_by(7) {
+        assert_eq!(
+            claim(s, &format!("old-{i}")).await,
+            Claim::Claimed,
+            "old-{i}"
+        );
+    }
+    assert_eq!(claim(s, "new").await, Claim::Claimed);
+    assert_eq!(claim(s, "new").await, Claim::InFlight);
+}
+
+/// After a restart, completed answers are replayed (shared ones included); in-flight claims are
+/// gone, so the provider's retry is forwarded again.
+pub async fn restart_replays_completed_answers_only(s: &Reopenable, _clock: &ManualClock) {
+    let store = s.open();
+    let other = StoredResponse {
+        status: 200,
+        headers: Vec::new(),
+        body: b"<Response/>".to_vec(),
+    };
+    for key in ["a", "b", "c", "in-flight"] {
+        assert_eq!(store.claim(key, LEASE).await.ok(), Some(Claim::Claimed));
+    }
+    for (key, answer) in [
+        ("a", &awkward_response()),
+        ("b", &other),
+        ("c", &awkward_response()),
+    ] {
+        store
+            .complete(key, answer, TTL)
+            .await
+            .unwrap_or_else(|e| panic!("complete({key:?}): {e}"));
+    }
+    drop(store);
+    let store = s.open();
+    let seen = |key: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .claim(key, LEASE)
+                .await
+                .unwrap_or_else(|e| panic!("claim({key:?}): {e}"))
+        }
+    };
+    assert_eq!(seen("a").await, Claim::Done(awkward_response()));
+    assert_eq!(seen("b").await, Claim::Done(other));
+    assert_eq!(seen("c").await, Claim::Done(awkward_response()));
+    assert_eq!(seen("in-flight").await, Claim::Claimed);
+    assert_eq!(seen("in-flight").await, Claim::InFlight);
+}
+
+/// Deadlines are absolute: an answer whose ttl ended while the store was closed is not replayed.
+pub async fn restart_forgets_expired_answers(s: &Reopenable, clock: &ManualClock) {
+    let store = s.open();
+    assert_eq!(store.claim("k", LEASE).await.ok(), Some(Claim::Claimed));
+    if let Err(e) = store.complete("k", &awkward_response(), TTL).await {
+        panic!("complete: {e}");
+    }
+    drop(store);
+    clock.advance(TTL - Duration::from_millis(1));
+    let store = s.open();
+    assert_eq!(
+        store.claim("k", LEASE).await.ok(),
+        Some(Claim::Done(awkward_response()))
+    );
+    drop(store);
+    clock.advance(Duration::from_millis(1));
+    let store = s.open();
+    assert_eq!(store.claim("k", LEASE).await.ok(), Some(Claim::Claimed));
+}
+
+/// Two owners of one place would each claim the same event: the second is refused, retryably,
+/// and the first keeps working; once the first is gone the place can be opened again.
+pub async fn a_second_owner_is_refused(s: &Reopenable, _clock: &ManualClock) {
+    let first = s.open();
+    match (s.open)() {
+        Ok(_) => panic!("a second owner was let in"),
+        Err(e) => assert!(e.is_retryable(), "{e}"),
+    }
+    assert_eq!(first.claim("k", LEASE).await.ok(), Some(Claim::Claimed));
+    assert_eq!(first.claim("k", LEASE).await.ok(), Some(Claim::InFlight));
+    drop(first);
+    let again = s.open();
+    assert_eq!(again.claim("k", LEASE).await.ok(), Some(Claim::Claimed));
 }

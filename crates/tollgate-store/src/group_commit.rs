@@ -70,14 +70,16 @@ fn run<W: Work>(work: W, rx: mpsc::Receiver<Request<W::Op, W::Reply>>) {
     let mut next_housekeeping = Instant::now() + interval;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
+        // Checked before waiting, not only on a receive timeout: under steady traffic the
+        // channel is never empty and the timeout never fires.
+        if Instant::now() >= next_housekeeping {
+            work.housekeeping();
+            next_housekeeping = Instant::now() + interval;
+        }
         let wait = next_housekeeping.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(first) => batch.push(first),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                work.housekeeping();
-                next_housekeeping = Instant::now() + interval;
-                continue;
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         // Whatever queued while the previous batch committed goes into this one.

@@ -2,7 +2,8 @@
 //! several gateway instances), and the durable event queue of queue-mode routes ([`queue`]:
 //! [`EventQueue`], backends [`MemoryQueue`], [`SqliteQueue`] and [`RedisQueue`]). For replay, one trait,
 //! [`ReplayStore`]; backends: [`memory`] (tests, single process, lost on restart), [`sqlite`] (the
-//! embedded default) and [`redis`] (shared by several instances). Every backend passes the same
+//! embedded default: the same in-memory index, plus completed answers kept in a file) and
+//! [`redis`] (shared by several instances). Every backend passes the same
 //! conformance suite (`conformance`, behind the `conformance` feature).
 //!
 //! Expiry is decided against stored unix-millisecond deadlines read from an injected
@@ -22,6 +23,7 @@ pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod group_commit;
+mod index;
 pub mod memory;
 pub mod queue;
 #[cfg(feature = "conformance")]
@@ -96,6 +98,8 @@ pub trait ReplayStore: Send + Sync + std::fmt::Debug + 'static {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, StoreError>;
 
     /// Records the answer of a claimed key and keeps it for `ttl` (the route's `dedupe_ttl_secs`).
+    /// A backend may leave out a `date` header (the memory and SQLite backends do, so identical
+    /// answers are stored once): the HTTP server sends a current one with the replay.
     async fn complete(
         &self,
         key: &str,

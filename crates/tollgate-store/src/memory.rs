@@ -1,38 +1,17 @@
-//! In-process store: a mutex-guarded map. For tests and `backend = "memory"`; lost on restart and
-//! not shared between instances.
+//! In-process store: the shared [`Index`](crate::index) alone. For tests and `backend = "memory"`;
+//! lost on restart and not shared between instances.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
-
 use crate::clock::{deadline, SharedClock, SystemClock};
+use crate::index::{Index, KeyHash, Seen};
 use crate::{Claim, ReplayStore, StoreError, StoredResponse};
 
-#[derive(Debug)]
-enum Entry {
-    InFlight {
-        until_ms: u64,
-    },
-    Done {
-        until_ms: u64,
-        response: StoredResponse,
-    },
-}
-
-impl Entry {
-    fn until_ms(&self) -> u64 {
-        match self {
-            Entry::InFlight { until_ms } | Entry::Done { until_ms, .. } => *until_ms,
-        }
-    }
-}
-
-/// In-memory [`ReplayStore`].
+/// In-memory [`ReplayStore`]: a few tens of bytes per event key, answers shared by content.
 #[derive(Debug)]
 pub struct MemoryStore {
-    map: Mutex<HashMap<String, Entry>>,
+    index: Index,
     clock: SharedClock,
 }
 
@@ -51,28 +30,30 @@ impl MemoryStore {
     /// An empty store reading time from `clock`.
     pub fn with_clock(clock: SharedClock) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            index: Index::default(),
             clock,
         }
     }
 
-    /// Drops expired entries now; returns how many were dropped.
+    /// Drops expired entries (and answers no entry uses) now; returns how many entries were
+    /// dropped. Expired entries are also swept as the store is used.
     pub async fn purge_expired(&self) -> usize {
-        let now = self.clock.now_ms();
-        let mut map = self.map.lock().await;
-        let before = map.len();
-        map.retain(|_, e| e.until_ms() > now);
-        before - map.len()
+        self.index.purge(self.clock.now_ms())
     }
 
     /// Number of entries held, live or expired-but-not-yet-purged.
     pub async fn len(&self) -> usize {
-        self.map.lock().await.len()
+        self.index.len()
     }
 
     /// Whether no entry is held.
     pub async fn is_empty(&self) -> bool {
-        self.map.lock().await.is_empty()
+        self.index.len() == 0
+    }
+
+    /// Number of distinct answers held (identical answers are stored once).
+    pub async fn distinct_answers(&self) -> usize {
+        self.index.answers()
     }
 }
 
@@ -80,27 +61,13 @@ impl MemoryStore {
 impl ReplayStore for MemoryStore {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
         let now = self.clock.now_ms();
-        let mut map = self.map.lock().await;
-        // Opportunistic expiry keeps the map bounded by the live window. Running it only when the
-        // size crosses a power of two amortises the full scan to O(1) per insert.
-        if map.len() > 4096 && map.len().is_power_of_two() {
-            map.retain(|_, e| e.until_ms() > now);
-        }
-        match map.get(key) {
-            Some(Entry::InFlight { until_ms }) if *until_ms > now => Ok(Claim::InFlight),
-            Some(Entry::Done { until_ms, response }) if *until_ms > now => {
-                Ok(Claim::Done(response.clone()))
-            }
-            _ => {
-                map.insert(
-                    key.to_owned(),
-                    Entry::InFlight {
-                        until_ms: deadline(now, lease),
-                    },
-                );
-                Ok(Claim::Claimed)
-            }
-        }
+        Ok(
+            match self.index.claim(&KeyHash::of(key), now, lease, true) {
+                Seen::Claimed | Seen::Free => Claim::Claimed,
+                Seen::InFlight => Claim::InFlight,
+                Seen::Done(answer) => Claim::Done(answer.response.clone()),
+            },
+        )
     }
 
     async fn complete(
@@ -109,22 +76,15 @@ impl ReplayStore for MemoryStore {
         response: &StoredResponse,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let until_ms = deadline(self.clock.now_ms(), ttl);
-        self.map.lock().await.insert(
-            key.to_owned(),
-            Entry::Done {
-                until_ms,
-                response: response.clone(),
-            },
-        );
+        let now = self.clock.now_ms();
+        let answer = self.index.intern_response(response);
+        self.index
+            .complete(&KeyHash::of(key), now, deadline(now, ttl), answer);
         Ok(())
     }
 
     async fn release(&self, key: &str) -> Result<(), StoreError> {
-        let mut map = self.map.lock().await;
-        if matches!(map.get(key), Some(Entry::InFlight { .. })) {
-            map.remove(key);
-        }
+        self.index.release(&KeyHash::of(key));
         Ok(())
     }
 
@@ -152,6 +112,32 @@ mod tests {
         assert_eq!(
             store.claim("long", Duration::from_secs(1)).await.unwrap(),
             Claim::InFlight
+        );
+    }
+
+    #[tokio::test]
+    async fn many_events_with_one_answer_hold_one_copy() {
+        let store = MemoryStore::new();
+        let answer = StoredResponse {
+            status: 200,
+            headers: vec![("content-type".into(), b"text/xml".to_vec())],
+            body: b"<Response/>".to_vec(),
+        };
+        for i in 0..1_000 {
+            let key = format!("twilio:id:SM{i}");
+            store.claim(&key, Duration::from_secs(30)).await.unwrap();
+            store
+                .complete(&key, &answer, Duration::from_secs(86_400))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.distinct_answers().await, 1);
+        assert_eq!(
+            store
+                .claim("twilio:id:SM999", Duration::from_secs(30))
+                .await
+                .unwrap(),
+            Claim::Done(answer)
         );
     }
 }

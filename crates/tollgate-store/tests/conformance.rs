@@ -2,11 +2,13 @@
 //! one `make_*` function and one `conformance_suite!` line.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tollgate_store::conformance::Subject;
+use tollgate_store::conformance::{Reopenable, Subject};
 use tollgate_store::redis_server::RedisServer;
 use tollgate_store::{
-    Durability, ManualClock, MemoryStore, RedisOptions, RedisStore, SqliteOptions, SqliteStore,
+    Durability, ManualClock, MemoryStore, RedisOptions, RedisStore, ReplayStore, SqliteOptions,
+    SqliteStore,
 };
 
 async fn memory(clock: Arc<ManualClock>) -> Subject {
@@ -44,3 +46,30 @@ tollgate_store::conformance_suite!(memory_backend, memory);
 tollgate_store::conformance_suite!(sqlite_always_backend, sqlite_always);
 tollgate_store::conformance_suite!(sqlite_batch_backend, sqlite_batch);
 tollgate_store::conformance_suite!(redis_backend, redis);
+
+/// Reopens one file, with a short lock wait so the refused-second-owner case is quick (a dropped
+/// owner's writer thread releases the lock within milliseconds).
+fn sqlite_file(clock: Arc<ManualClock>, durability: Durability) -> Reopenable {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("state.db");
+    let mut options = SqliteOptions::new(durability).with_clock(clock);
+    options.busy_timeout = Duration::from_millis(300);
+    Reopenable::new(
+        move || {
+            SqliteStore::open_with(&path, options.clone())
+                .map(|s| Arc::new(s) as Arc<dyn ReplayStore>)
+        },
+        dir,
+    )
+}
+
+async fn sqlite_always_file(clock: Arc<ManualClock>) -> Reopenable {
+    sqlite_file(clock, Durability::Always)
+}
+
+async fn sqlite_batch_file(clock: Arc<ManualClock>) -> Reopenable {
+    sqlite_file(clock, Durability::Batch)
+}
+
+tollgate_store::restart_conformance_suite!(sqlite_always_restart, sqlite_always_file);
+tollgate_store::restart_conformance_suite!(sqlite_batch_restart, sqlite_batch_file);

@@ -273,12 +273,25 @@ async fn queue_and_replay_store_share_one_file() {
     .unwrap();
     let queue = open(&path, Durability::Always, &clock);
     store.claim("evt", LEASE).await.unwrap();
+    // Only completed claims are persisted (an in-flight one dies with its process).
+    store
+        .complete(
+            "evt",
+            &tollgate_store::conformance::awkward_response(),
+            LEASE,
+        )
+        .await
+        .unwrap();
     queue.enqueue(&event("evt", "voice")).await.unwrap();
     store.close().await;
     queue.close().await;
     // Reopened in the other order, both find their data and their schema versions intact.
     let queue = open(&path, Durability::Always, &clock);
-    let store = SqliteStore::open(&path, Durability::Always).unwrap();
+    let store = SqliteStore::open_with(
+        &path,
+        SqliteOptions::new(Durability::Always).with_clock(clock.clone()),
+    )
+    .unwrap();
     assert!(queue.get("evt").await.unwrap().is_some());
     assert_eq!(store.len().await.unwrap(), 1);
 }

@@ -1,6 +1,6 @@
 //! The SQLite backend under faults: every failure must reach the caller as an error, never as a
 //! panic or a false `Claimed`, and the store must recover when the fault goes away. Also restart
-//! survival and the purge. These run as root in CI, so read-only-ness comes from SQLite's
+//! survival, one owner per file, schema migration and the purge. These run as root in CI, so read-only-ness comes from SQLite's
 //! `mode=ro` URI and unwritable directories from sysfs rather than from file permissions.
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Barrier;
 use tollgate_store::conformance::awkward_response;
 use tollgate_store::{
     Claim, Durability, ManualClock, ReplayStore, SqliteOptions, SqliteStore, StoreError,
@@ -26,7 +25,7 @@ fn open(path: &Path, clock: &Arc<ManualClock>) -> SqliteStore {
 }
 
 #[tokio::test]
-async fn data_survives_close_and_reopen() {
+async fn completed_answers_survive_close_and_reopen_in_flight_claims_do_not() {
     for durability in [Durability::Always, Durability::Batch] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
@@ -46,27 +45,32 @@ async fn data_survives_close_and_reopen() {
         store.close().await;
 
         let store = SqliteStore::open_with(&path, options.clone()).unwrap();
+        // After a restart nothing is in flight: the provider's retry must be forwarded again.
         assert_eq!(
             store.claim("in-flight", LEASE).await.unwrap(),
-            Claim::InFlight
+            Claim::Claimed
         );
         assert_eq!(
             store.claim("done", LEASE).await.unwrap(),
             Claim::Done(awkward_response())
         );
-        // Deadlines are absolute, so they keep running across the restart.
-        clock.advance(LEASE);
-        assert_eq!(
-            store.claim("in-flight", LEASE).await.unwrap(),
-            Claim::Claimed
-        );
+        store
+            .complete("later", &awkward_response(), TTL)
+            .await
+            .unwrap();
         // Dropping without `close` must not lose what callers were told was stored.
         drop(store);
-        let store = SqliteStore::open_with(&path, options).unwrap();
+        let store = SqliteStore::open_with(&path, options.clone()).unwrap();
         assert_eq!(
-            store.claim("in-flight", LEASE).await.unwrap(),
-            Claim::InFlight
+            store.claim("later", LEASE).await.unwrap(),
+            Claim::Done(awkward_response())
         );
+        // Deadlines are absolute, so they keep running across the restart.
+        store.close().await;
+        clock.advance(TTL);
+        let store = SqliteStore::open_with(&path, options).unwrap();
+        assert_eq!(store.claim("done", LEASE).await.unwrap(), Claim::Claimed);
+        assert_eq!(store.len().await.unwrap(), 1);
     }
 }
 
@@ -77,9 +81,15 @@ async fn read_only_database_never_claims() {
     let clock = ManualClock::new(1_700_000_000_000);
     let writer = open(&path, &clock);
     writer.claim("existing", LEASE).await.unwrap();
+    writer
+        .complete("existing", &awkward_response(), TTL)
+        .await
+        .unwrap();
+    writer.close().await;
 
     let uri = format!("file:{}?mode=ro", path.display());
-    // Opening succeeds (the schema is current, so nothing needs writing); the writes must fail.
+    // Opening succeeds (the schema is current, so nothing needs writing), so `/readyz` can say
+    // why it is not ready; every claim that would need a completion written fails closed.
     let ro = SqliteStore::open_with(
         &uri,
         SqliteOptions::new(Durability::Always).with_clock(clock.clone()),
@@ -88,56 +98,74 @@ async fn read_only_database_never_claims() {
     let err = ro.claim("new", LEASE).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(err.is_retryable());
-    // A claim that needs no write can still answer truthfully.
-    assert_eq!(ro.claim("existing", LEASE).await.unwrap(), Claim::InFlight);
+    assert!(ro.ping().await.is_err());
+    // A stored answer needs no write and is still replayed truthfully.
+    assert_eq!(
+        ro.claim("existing", LEASE).await.unwrap(),
+        Claim::Done(awkward_response())
+    );
     assert!(ro.complete("new", &awkward_response(), TTL).await.is_err());
-    assert!(ro.release("existing").await.is_err());
-    // The failed claim left nothing behind: the writable store still sees "new" as new.
+    ro.close().await;
+    // The failed claim left nothing behind: a writable store sees "new" as new.
+    let writer = open(&path, &clock);
     assert_eq!(writer.claim("new", LEASE).await.unwrap(), Claim::Claimed);
+    writer.ping().await.unwrap();
 }
 
 #[tokio::test]
-async fn full_database_fails_claims_then_recovers() {
+async fn full_database_fails_new_claims_then_recovers_and_keeps_the_refused_answer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let clock = ManualClock::new(1_700_000_000_000);
     let store = open(&path, &clock);
     store.claim("before", LEASE).await.unwrap();
+    store
+        .complete("before", &awkward_response(), TTL)
+        .await
+        .unwrap();
 
     // Emulates a full disk: SQLite answers SQLITE_FULL once the file would grow past the cap.
     let cap = store.set_max_page_count(1).await.unwrap();
-    let padding = "p".repeat(1000);
-    let mut failed_key = None;
+    let mut failed = None;
     for i in 0..10_000 {
-        let key = format!("{padding}-{i}");
-        match store.claim(&key, LEASE).await {
-            Ok(Claim::Claimed) => {}
-            Ok(other) => panic!("fresh key answered {other:?}"),
-            Err(e) => {
-                assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
-                assert!(e.is_retryable());
-                failed_key = Some(key);
-                break;
-            }
+        let key = format!("evt-{i}");
+        // Distinct answers, so every completion needs room on disk.
+        let mut answer = awkward_response();
+        answer.body = format!("{i}:{}", "b".repeat(1000)).into_bytes();
+        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Claimed);
+        if let Err(e) = store.complete(&key, &answer, TTL).await {
+            assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+            assert!(e.is_retryable());
+            failed = Some((key, answer));
+            break;
         }
     }
-    let failed_key = failed_key.expect("a capped database must fill up");
-    // Still full: the same claim keeps failing rather than half-succeeding.
-    assert!(store.claim(&failed_key, LEASE).await.is_err());
-    // Reads of what is stored still work through the failure (they need no new page).
-    assert_eq!(store.claim("before", LEASE).await.unwrap(), Claim::InFlight);
+    let (failed_key, failed_answer) = failed.expect("a capped database must fill up");
+    // Still full: new claims fail closed, and so does the health check.
+    let err = store.claim("fresh", LEASE).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(store.ping().await.is_err());
+    // Keys already answered are still replayed, the refused one included (this process knows it).
+    assert_eq!(
+        store.claim("before", LEASE).await.unwrap(),
+        Claim::Done(awkward_response())
+    );
+    assert_eq!(
+        store.claim(&failed_key, LEASE).await.unwrap(),
+        Claim::Done(failed_answer.clone())
+    );
 
     assert!(store.set_max_page_count(cap + 10_000).await.unwrap() > cap);
-    // The failed claim was never stored, so it is claimable now, exactly once.
-    assert_eq!(
-        store.claim(&failed_key, LEASE).await.unwrap(),
-        Claim::Claimed
-    );
-    assert_eq!(
-        store.claim(&failed_key, LEASE).await.unwrap(),
-        Claim::InFlight
-    );
+    // The first claim after the disk recovers writes the refused answer, then proceeds.
+    assert_eq!(store.claim("fresh", LEASE).await.unwrap(), Claim::Claimed);
+    assert_eq!(store.claim("fresh", LEASE).await.unwrap(), Claim::InFlight);
     store.ping().await.unwrap();
+    store.close().await;
+    let store = open(&path, &clock);
+    assert_eq!(
+        store.claim(&failed_key, LEASE).await.unwrap(),
+        Claim::Done(failed_answer)
+    );
 }
 
 #[test]
@@ -186,65 +214,190 @@ fn newer_schema_is_refused_at_open() {
 }
 
 #[tokio::test]
-async fn corrupt_row_is_an_error_not_a_claim() {
+async fn corrupt_row_is_refused_at_open_not_replayed_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let clock = ManualClock::new(1_700_000_000_000);
     let store = open(&path, &clock);
     store.claim("k", LEASE).await.unwrap();
     store.complete("k", &awkward_response(), TTL).await.unwrap();
+    store.close().await;
 
     let other = rusqlite::Connection::open(&path).unwrap();
     other
-        .execute(
-            "UPDATE claims SET headers = x'ffffffff00' WHERE key = 'k'",
-            [],
-        )
+        .execute("UPDATE replay_answers SET headers = x'ffffffff00'", [])
         .unwrap();
-    let err = store.claim("k", LEASE).await.unwrap_err();
+    let err = SqliteStore::open_with(
+        &path,
+        SqliteOptions::new(Durability::Always).with_clock(clock.clone()),
+    )
+    .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     assert!(!err.is_retryable());
 
-    other
-        .execute("UPDATE claims SET state = 7 WHERE key = 'k'", [])
-        .unwrap();
-    assert!(matches!(
-        store.claim("k", LEASE).await,
-        Err(StoreError::Corrupt(_))
-    ));
+    other.execute("DELETE FROM replay_answers", []).unwrap();
+    let err = SqliteStore::open_with(
+        &path,
+        SqliteOptions::new(Durability::Always).with_clock(clock.clone()),
+    )
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_stores_on_one_file_still_have_one_winner() {
-    // Two gateway processes sharing a file: SQLite's write lock, not our thread, decides.
+#[tokio::test]
+async fn a_second_store_on_one_file_is_refused_with_the_owner_named() {
+    // The index is per process, so two owners of one file would each claim the same event.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let clock = ManualClock::new(1_700_000_000_000);
-    let stores = [Arc::new(open(&path, &clock)), Arc::new(open(&path, &clock))];
-    for round in 0..20 {
-        let key = format!("shared-{round}");
-        let barrier = Arc::new(Barrier::new(64));
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let store = Arc::clone(&stores[i % 2]);
-                let barrier = Arc::clone(&barrier);
-                let key = key.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    store.claim(&key, LEASE).await
-                })
-            })
-            .collect();
-        let mut claimed = 0;
-        for t in tasks {
-            match t.await.unwrap().unwrap() {
-                Claim::Claimed => claimed += 1,
-                Claim::InFlight => {}
-                other => panic!("{other:?}"),
-            }
-        }
-        assert_eq!(claimed, 1, "round {round}");
+    let first = open(&path, &clock);
+    let mut options = SqliteOptions::new(Durability::Always).with_clock(clock.clone());
+    options.busy_timeout = Duration::from_millis(100);
+    let err = SqliteStore::open_with(&path, options.clone()).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let message = format!("{}", std::error::Error::source(&err).unwrap());
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    assert!(message.contains("backend = \"redis\""), "{message}");
+    // The owner is unaffected, and once it closes the file is free.
+    assert_eq!(first.claim("k", LEASE).await.unwrap(), Claim::Claimed);
+    first.close().await;
+    SqliteStore::open_with(&path, options).unwrap();
+}
+
+#[tokio::test]
+async fn schema_1_file_is_migrated_keeping_live_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let now: i64 = 1_700_000_000_000;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE claims (key TEXT PRIMARY KEY NOT NULL, state INTEGER NOT NULL,
+             until_ms INTEGER NOT NULL, status INTEGER, headers BLOB, body BLOB) WITHOUT ROWID;
+         CREATE INDEX claims_until ON claims (until_ms);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    // Headers in the (unchanged) encoding: one header, content-type: text/xml.
+    let headers: Vec<u8> = [
+        &1u32.to_be_bytes()[..],
+        &12u32.to_be_bytes(),
+        b"content-type",
+        &8u32.to_be_bytes(),
+        b"text/xml",
+    ]
+    .concat();
+    let mut insert = conn
+        .prepare("INSERT INTO claims VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .unwrap();
+    insert
+        .execute(rusqlite::params![
+            "live",
+            1,
+            now + 60_000,
+            200,
+            headers,
+            b"<Response/>".to_vec()
+        ])
+        .unwrap();
+    insert
+        .execute(rusqlite::params![
+            "expired",
+            1,
+            now,
+            200,
+            headers,
+            b"old".to_vec()
+        ])
+        .unwrap();
+    insert
+        .execute(rusqlite::params![
+            "in-flight",
+            0,
+            now + 60_000,
+            None::<i64>,
+            None::<Vec<u8>>,
+            None::<Vec<u8>>
+        ])
+        .unwrap();
+    insert
+        .execute(rusqlite::params![
+            "bad",
+            1,
+            now + 60_000,
+            200,
+            vec![0xffu8; 3],
+            b"x".to_vec()
+        ])
+        .unwrap();
+    drop(insert);
+    drop(conn);
+
+    let clock = ManualClock::new(now as u64);
+    let store = open(&path, &clock);
+    assert_eq!(
+        store.claim("live", LEASE).await.unwrap(),
+        Claim::Done(tollgate_store::StoredResponse {
+            status: 200,
+            headers: vec![("content-type".into(), b"text/xml".to_vec())],
+            body: b"<Response/>".to_vec(),
+        })
+    );
+    for key in ["expired", "in-flight", "bad"] {
+        assert_eq!(
+            store.claim(key, LEASE).await.unwrap(),
+            Claim::Claimed,
+            "{key}"
+        );
     }
+    assert_eq!(store.persisted_len().await.unwrap(), 1);
+    store.close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, tollgate_store::sqlite::SCHEMA_VERSION);
+    let old: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'claims'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old, 0);
+}
+
+#[tokio::test]
+async fn identical_answers_are_stored_once_on_disk_and_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&path, &clock);
+    for i in 0..200 {
+        let key = format!("evt-{i}");
+        store.claim(&key, LEASE).await.unwrap();
+        store
+            .complete(&key, &awkward_response(), TTL)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.distinct_answers(), 1);
+    assert_eq!(store.persisted_len().await.unwrap(), 200);
+    store.close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let answers: i64 = conn
+        .query_row("SELECT count(*) FROM replay_answers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(answers, 1);
+    drop(conn);
+    let store = open(&path, &clock);
+    assert_eq!(store.distinct_answers(), 1);
+    assert_eq!(
+        store.claim("evt-199", LEASE).await.unwrap(),
+        Claim::Done(awkward_response())
+    );
 }
 
 #[tokio::test]
@@ -276,14 +429,16 @@ async fn purge_handles_more_rows_than_one_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
     let store = Arc::new(open(&dir.path().join("state.db"), &clock));
-    // Concurrent claims so group commit keeps this quick even with fsync per batch.
-    let tasks: Vec<_> = (0..8)
+    // Concurrent completions so group commit keeps this quick even with fsync per batch.
+    let tasks: Vec<_> = (0..50)
         .map(|w| {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                for i in (w..5_000).step_by(8) {
+                for i in (w..5_000).step_by(50) {
+                    let key = format!("k{i}");
+                    store.claim(&key, LEASE).await.unwrap();
                     store
-                        .claim(&format!("k{i}"), Duration::from_secs(1))
+                        .complete(&key, &awkward_response(), Duration::from_secs(1))
                         .await
                         .unwrap();
                 }
@@ -293,9 +448,11 @@ async fn purge_handles_more_rows_than_one_chunk() {
     for t in tasks {
         t.await.unwrap();
     }
+    assert_eq!(store.persisted_len().await.unwrap(), 5_000);
     clock.advance(Duration::from_secs(1));
     assert_eq!(store.purge_expired().await.unwrap(), 5_000);
     assert_eq!(store.len().await.unwrap(), 0);
+    assert_eq!(store.persisted_len().await.unwrap(), 0);
 }
 
 #[tokio::test]
