@@ -107,6 +107,19 @@ pub trait ReplayStore: Send + Sync + std::fmt::Debug + 'static {
         ttl: Duration,
     ) -> Result<(), StoreError>;
 
+    /// [`complete`](Self::complete) for a caller that need not wait for the durable write (the
+    /// gateway, whose app already answered): once it returns, this process's duplicates get the
+    /// answer; the write may still be on its way, and a backend whose write later fails must
+    /// behave as if `complete` had failed (refuse claims until it recovers). The default waits.
+    async fn complete_soon(
+        &self,
+        key: &str,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.complete(key, response, ttl).await
+    }
+
     /// Drops a claim whose forwarding failed, so the provider's retry is forwarded.
     async fn release(&self, key: &str) -> Result<(), StoreError>;
 

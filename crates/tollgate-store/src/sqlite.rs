@@ -240,6 +240,7 @@ impl Drop for ProbeGuard<'_> {
 pub struct SqliteStore {
     shared: Arc<Shared>,
     clock: SharedClock,
+    durability: Durability,
     tx: Option<mpsc::Sender<Request>>,
     /// Fires when the writer thread has closed the connection; taken by [`SqliteStore::close`].
     closed: Option<oneshot::Receiver<()>>,
@@ -294,6 +295,7 @@ impl SqliteStore {
         Ok(Self {
             shared,
             clock: options.clock,
+            durability: options.durability,
             tx: Some(tx),
             closed: Some(closed_rx),
             _checkpointer: checkpointer,
@@ -441,6 +443,57 @@ impl ReplayStore for SqliteStore {
                 Err(e)
             }
         }
+    }
+
+    /// With [`Durability::Batch`] the caller does not wait for the commit: the index has the
+    /// answer at once (so this process's duplicates are answered from it), and the row follows
+    /// in the writer's next group commit. A refused write is kept for the recovery probe and
+    /// makes the store refuse new claims, exactly as when `complete` fails. With
+    /// [`Durability::Always`] this is `complete`.
+    async fn complete_soon(
+        &self,
+        key: &str,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if self.durability == Durability::Always {
+            return self.complete(key, response, ttl).await;
+        }
+        let now = self.clock.now_ms();
+        let row = Row {
+            key: KeyHash::of(key),
+            until_ms: deadline(now, ttl),
+            answer: self.shared.index.intern_response(response),
+        };
+        self.shared
+            .index
+            .complete(&row.key, now, row.until_ms, Arc::clone(&row.answer));
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.as_ref().is_some_and(|tx| {
+            tx.send(Request {
+                op: Op::Complete(row.clone()),
+                reply,
+            })
+            .is_ok()
+        });
+        if !sent {
+            self.shared.defer(row);
+            return Err(StoreError::Unavailable(Box::new(
+                SqliteError::WriterStopped,
+            )));
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "replay store refused a completion; new claims are refused until a write succeeds");
+                    shared.defer(row);
+                }
+                Err(_) => shared.defer(row),
+            }
+        });
+        Ok(())
     }
 
     async fn release(&self, key: &str) -> Result<(), StoreError> {

@@ -477,3 +477,58 @@ async fn writer_thread_purges_periodically() {
     assert_eq!(len, 1, "the periodic purge never removed the expired row");
     assert_eq!(store.claim("live", LEASE).await.unwrap(), Claim::InFlight);
 }
+
+/// `fsync = "batch"`: the gateway does not wait for the completion's commit. The answer must be
+/// replayed at once, reach the disk anyway, and a write the disk refuses afterwards must still
+/// fail new claims closed.
+#[tokio::test]
+async fn batch_complete_soon_answers_at_once_persists_and_still_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let clock = ManualClock::new(1_700_000_000_000);
+    let options = SqliteOptions::new(Durability::Batch).with_clock(clock.clone());
+    let store = SqliteStore::open_with(&path, options.clone()).unwrap();
+
+    assert_eq!(store.claim("soon", LEASE).await.unwrap(), Claim::Claimed);
+    store
+        .complete_soon("soon", &awkward_response(), TTL)
+        .await
+        .unwrap();
+    // No await on the write in between: the index already has the answer.
+    assert_eq!(
+        store.claim("soon", LEASE).await.unwrap(),
+        Claim::Done(awkward_response())
+    );
+
+    // A refused background write: the caller heard Ok, but new claims must now be refused.
+    let cap = store.set_max_page_count(1).await.unwrap();
+    let mut refused = false;
+    for i in 0..10_000 {
+        let key = format!("evt-{i}");
+        let mut answer = awkward_response();
+        answer.body = format!("{i}:{}", "b".repeat(1000)).into_bytes();
+        match store.claim(&key, LEASE).await {
+            Ok(Claim::Claimed) => store.complete_soon(&key, &answer, TTL).await.unwrap(),
+            Err(e) => {
+                assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+                refused = true;
+                break;
+            }
+            Ok(other) => panic!("fresh key {key} answered {other:?}"),
+        }
+        // Let the background reply arrive, as traffic would.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(refused, "a full disk must make claims fail closed");
+    assert!(store.ping().await.is_err());
+    assert!(store.set_max_page_count(cap + 10_000).await.unwrap() > cap);
+    assert_eq!(store.claim("after", LEASE).await.unwrap(), Claim::Claimed);
+    store.close().await;
+
+    let store = SqliteStore::open_with(&path, options).unwrap();
+    assert_eq!(
+        store.claim("soon", LEASE).await.unwrap(),
+        Claim::Done(awkward_response())
+    );
+}

@@ -52,7 +52,9 @@ pub(crate) async fn claim(
 
 /// After forwarding: keep the app's answer (status < 500) for `dedupe_ttl_secs`, else release the
 /// claim so the provider's retry is forwarded. A failure here is logged, not answered: the app
-/// already has the request.
+/// already has the request. `complete_soon`, because the provider's answer need not wait for the
+/// disk: with `fsync = "batch"` SQLite's commit follows in the background (a refused write still
+/// fails later claims closed); with `"always"` it is waited for.
 pub async fn finish(
     store: &dyn ReplayStore,
     route: &Route,
@@ -63,7 +65,7 @@ pub async fn finish(
         Some(r) if r.status < 500 => (
             "complete",
             store
-                .complete(key, r, Duration::from_secs(route.dedupe_ttl_secs))
+                .complete_soon(key, r, Duration::from_secs(route.dedupe_ttl_secs))
                 .await,
         ),
         _ => ("release", store.release(key).await),
