@@ -357,6 +357,21 @@ impl SqliteStore {
         }
     }
 
+    /// The index learns the answer first and keeps it whatever the disk says: this process must
+    /// replay it either way; only its survival of a restart depends on writing the returned row.
+    fn remember(&self, key: &str, response: &StoredResponse, ttl: Duration) -> Row {
+        let now = self.clock.now_ms();
+        let row = Row {
+            key: KeyHash::of(key),
+            until_ms: deadline(now, ttl),
+            answer: self.shared.index.intern_response(response),
+        };
+        self.shared
+            .index
+            .complete(&row.key, now, row.until_ms, Arc::clone(&row.answer));
+        row
+    }
+
     async fn call(&self, op: Op) -> Result<Reply, StoreError> {
         let stopped = || StoreError::Unavailable(Box::new(SqliteError::WriterStopped));
         let (reply, rx) = oneshot::channel();
@@ -425,17 +440,7 @@ impl ReplayStore for SqliteStore {
         response: &StoredResponse,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let now = self.clock.now_ms();
-        let row = Row {
-            key: KeyHash::of(key),
-            until_ms: deadline(now, ttl),
-            answer: self.shared.index.intern_response(response),
-        };
-        // The index learns the answer first and keeps it whatever the disk says: this process
-        // must replay it either way; only its survival of a restart depends on the write.
-        self.shared
-            .index
-            .complete(&row.key, now, row.until_ms, Arc::clone(&row.answer));
+        let row = self.remember(key, response, ttl);
         match self.call(Op::Complete(row.clone())).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -459,15 +464,7 @@ impl ReplayStore for SqliteStore {
         if self.durability == Durability::Always {
             return self.complete(key, response, ttl).await;
         }
-        let now = self.clock.now_ms();
-        let row = Row {
-            key: KeyHash::of(key),
-            until_ms: deadline(now, ttl),
-            answer: self.shared.index.intern_response(response),
-        };
-        self.shared
-            .index
-            .complete(&row.key, now, row.until_ms, Arc::clone(&row.answer));
+        let row = self.remember(key, response, ttl);
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.as_ref().is_some_and(|tx| {
             tx.send(Request {
