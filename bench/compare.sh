@@ -20,6 +20,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
@@ -33,7 +35,6 @@ PUBLIC_HOST=hooks.example.com
 PUBLIC_URL="https://$PUBLIC_HOST/hooks/twilio"
 TICK=$(getconf CLK_TCK)
 
-log() { printf '%s\n' "$*" >&2; }
 has() { [[ " $ONLY " == *" $1 "* ]]; }
 
 # ---- build and install ---------------------------------------------------------------------
@@ -52,43 +53,7 @@ if has express; then
 fi
 
 # ---- temp dir, processes, cleanup ------------------------------------------------------------
-WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A free loopback port (not listening now; the kernel's ephemeral range is avoided).
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 12000))
-        if ! ss -Htln "sport = :$p" | grep -q .; then echo "$p"; return; fi
-    done
-}
-
-wait_port() {
-    local i
-    for i in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    log "nothing listening on port $1"; return 1
-}
-
-# Stops one process we started and forgets it.
-stop() {
-    local p=$1 q keep=()
-    kill "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-    for q in "${PIDS[@]}"; do [[ "$q" == "$p" ]] || keep+=("$q"); done
-    PIDS=("${keep[@]}")
-}
+bench_workdir tollgate-bench
 
 # utime + stime (clock ticks) summed over the given pids.
 cpu_ticks() {

@@ -18,6 +18,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-1}
@@ -29,47 +31,13 @@ DRAIN_LIMIT=${DRAIN_LIMIT:-30}
 PUBLIC_HOST=hooks.example.com
 PUBLIC_URL="https://$PUBLIC_HOST/hooks/twilio"
 
-log() { printf '%s\n' "$*" >&2; }
-
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     log "building tollgate (release)"
     (cd "$ROOT" && cargo build --release -q -p tollgate --bin tollgate)
 fi
 for b in "$NEW" ${OLD:+"$OLD"}; do [[ -x "$b" ]] || { log "no $b"; exit 2; }; done
 
-WORK=$(mktemp -d /tmp/tollgate-qbench.XXXXXX)
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 12000))
-        if ! ss -Htln "sport = :$p" | grep -q .; then echo "$p"; return; fi
-    done
-}
-wait_port() {
-    local i
-    for i in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    log "nothing listening on port $1"; return 1
-}
-stop() {
-    local p=$1 q keep=()
-    kill "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-    for q in "${PIDS[@]}"; do [[ "$q" == "$p" ]] || keep+=("$q"); done
-    PIDS=("${keep[@]}")
-}
+bench_workdir tollgate-qbench
 
 export TOLLGATE_BENCH_TWILIO_TOKEN TOLLGATE_BENCH_APP_SECRET
 TOLLGATE_BENCH_TWILIO_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')

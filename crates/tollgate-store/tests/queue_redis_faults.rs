@@ -7,51 +7,19 @@
 //! Every operation runs under [`within`], a 2 s cap (the queue's own operation timeout is 1 s).
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use std::sync::Arc;
+
+use common::{assert_unavailable, start, wait_until_usable, within, LEASE, START_MS};
 use tollgate_store::queue_conformance::event;
 use tollgate_store::redis_server::{Persistence, RedisServer};
 use tollgate_store::{
     Clock, Enqueued, EventQueue, EventStatus, ManualClock, RedisOptions, RedisQueue, Settled,
-    StoreError,
 };
-
-const LEASE: Duration = Duration::from_secs(30);
-const START_MS: u64 = 1_700_000_000_000;
-const HANG_CAP: Duration = Duration::from_secs(2);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(HANG_CAP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung past {HANG_CAP:?}"))
-}
-
-fn start(persistence: Persistence) -> RedisServer {
-    RedisServer::start_with(persistence).unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn queue(server: &RedisServer, clock: &Arc<ManualClock>) -> RedisQueue {
     RedisQueue::new(&server.url(), RedisOptions::new().with_clock(clock.clone())).unwrap()
-}
-
-fn assert_unavailable<T: std::fmt::Debug>(what: &str, r: Result<T, StoreError>) {
-    match r {
-        Err(e @ StoreError::Unavailable(_)) => assert!(e.is_retryable()),
-        other => panic!("{what} with Redis down answered {other:?}"),
-    }
-}
-
-/// Polls (bounded: 100 tries, 50 ms apart) until `stats` succeeds.
-async fn wait_until_usable(q: &RedisQueue) {
-    for _ in 0..100 {
-        if within("stats", q.stats()).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the queue never reconnected to the restarted server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -79,7 +47,7 @@ async fn killed_server_fails_closed_and_the_same_queue_recovers() {
     }
 
     server.restart().unwrap_or_else(|e| panic!("{e}"));
-    wait_until_usable(&q).await;
+    wait_until_usable("the queue", "stats", || q.stats()).await;
     // No persistence: the server came back empty. What was refused was never stored.
     assert_eq!(within("get", q.get("down-0")).await.unwrap(), None);
     assert_eq!(
@@ -104,7 +72,7 @@ async fn a_queue_made_while_redis_is_down_connects_when_it_is_up() {
         within("enqueue", q.enqueue(&event("early", "voice"))).await,
     );
     server.restart().unwrap_or_else(|e| panic!("{e}"));
-    wait_until_usable(&q).await;
+    wait_until_usable("the queue", "stats", || q.stats()).await;
     assert_eq!(
         within("enqueue", q.enqueue(&event("early", "voice")))
             .await
@@ -137,7 +105,7 @@ async fn acknowledged_events_survive_kill_9_of_redis() {
 
     server.kill();
     server.restart().unwrap_or_else(|e| panic!("{e}"));
-    wait_until_usable(&q).await;
+    wait_until_usable("the queue", "stats", || q.stats()).await;
 
     // Everything acknowledged is there, once, with its state.
     for l in &first {

@@ -7,31 +7,18 @@
 //! 1 s), so a hang fails the test instead of stalling CI.
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{assert_unavailable, start, wait_until_usable, within, LEASE, START_MS};
 use tokio::sync::Barrier;
 use tollgate_store::conformance::awkward_response;
 use tollgate_store::redis_server::{Persistence, RedisServer};
 use tollgate_store::{Claim, ManualClock, RedisOptions, RedisStore, ReplayStore, StoreError};
 
-const LEASE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(3600);
-const START_MS: u64 = 1_700_000_000_000;
-
-/// The longest any store operation may take, server dead or alive.
-const HANG_CAP: Duration = Duration::from_secs(2);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(HANG_CAP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung past {HANG_CAP:?}"))
-}
-
-fn start(persistence: Persistence) -> RedisServer {
-    RedisServer::start_with(persistence).unwrap_or_else(|e| panic!("{e}"))
-}
 
 async fn store(server: &RedisServer, clock: &Arc<ManualClock>) -> RedisStore {
     within(
@@ -40,24 +27,6 @@ async fn store(server: &RedisServer, clock: &Arc<ManualClock>) -> RedisStore {
     )
     .await
     .unwrap()
-}
-
-fn assert_unavailable<T: std::fmt::Debug>(what: &str, r: Result<T, StoreError>) {
-    match r {
-        Err(e @ StoreError::Unavailable(_)) => assert!(e.is_retryable()),
-        other => panic!("{what} with Redis down answered {other:?}"),
-    }
-}
-
-/// Polls `store` (bounded: 100 tries, 50 ms apart) until a ping succeeds.
-async fn wait_until_usable(store: &RedisStore) {
-    for _ in 0..100 {
-        if within("ping", store.ping()).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the store never reconnected to the restarted server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -112,7 +81,7 @@ async fn restarted_server_is_reconnected_by_the_same_store() {
     server.kill();
     assert_unavailable("claim", within("claim", store.claim("k2", LEASE)).await);
     server.restart().unwrap();
-    wait_until_usable(&store).await;
+    wait_until_usable("the store", "ping", || store.ping()).await;
 
     // The scripts are gone from the new server's cache: EVALSHA must fall back to loading them.
     assert_eq!(
@@ -153,7 +122,7 @@ async fn append_fsync_always_keeps_claims_and_answers_across_kill_9() {
 
     server.kill();
     server.restart().unwrap();
-    wait_until_usable(&store).await;
+    wait_until_usable("the store", "ping", || store.ping()).await;
 
     assert_eq!(
         within("claim", store.claim("in-flight", LEASE))
@@ -191,7 +160,7 @@ async fn frozen_server_times_out_instead_of_hanging() {
     assert_unavailable("claim", frozen);
     assert_unavailable("ping", other);
 
-    wait_until_usable(&store).await;
+    wait_until_usable("the store", "ping", || store.ping()).await;
     assert_eq!(
         within("claim", store.claim("after", LEASE)).await.unwrap(),
         Claim::Claimed
