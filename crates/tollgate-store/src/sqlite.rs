@@ -29,6 +29,8 @@
 //! [`Clock`](crate::clock::Clock); the index sweeps as it is used, and the writer thread
 //! periodically deletes expired rows and purges the index.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +54,9 @@ const PURGE_CHUNK: i64 = 2048;
 /// An answer row's deadline runs this far past the latest completion that used it, so a
 /// frequently used answer's row is rewritten once per this interval, not on every completion.
 const ANSWER_SLACK_MS: u64 = 60_000;
+
+/// Most answers the writer remembers as stored (see `Writer::stored`); ≈ 40 bytes each.
+const STORED_ANSWERS_MAX: usize = 4096;
 
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
@@ -289,6 +294,7 @@ impl SqliteStore {
             shared: Arc::clone(&shared),
             clock: options.clock.clone(),
             purge_interval: options.purge_interval,
+            stored: RefCell::default(),
             _lock: lock,
         };
         let (tx, closed_rx) = group_commit::spawn("tollgate-sqlite", writer)?;
@@ -465,7 +471,9 @@ impl ReplayStore for SqliteStore {
             return self.complete(key, response, ttl).await;
         }
         let row = self.remember(key, response, ttl);
-        let (reply, rx) = oneshot::channel();
+        // The receiver is dropped at once: the writer sees nobody waits (and may linger to
+        // group more of these), and hands a refused row to `Writer::unanswered`.
+        let (reply, _) = oneshot::channel();
         let sent = self.tx.as_ref().is_some_and(|tx| {
             tx.send(Request {
                 op: Op::Complete(row.clone()),
@@ -479,17 +487,6 @@ impl ReplayStore for SqliteStore {
                 SqliteError::WriterStopped,
             )));
         }
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
-            match rx.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "replay store refused a completion; new claims are refused until a write succeeds");
-                    shared.defer(row);
-                }
-                Err(_) => shared.defer(row),
-            }
-        });
         Ok(())
     }
 
@@ -891,20 +888,39 @@ fn write_row(
     until_ms: u64,
     answer: &Answer,
 ) -> rusqlite::Result<()> {
+    write_answer(conn, until_ms, answer)?;
+    write_done(conn, key, until_ms, answer)
+}
+
+/// Stores `answer` until at least `until_ms`: inserts it, or pushes its deadline to `until_ms`
+/// plus [`ANSWER_SLACK_MS`] if it was earlier than `until_ms` (so a steady stream of completions
+/// rewrites it once a slack, not every time). Returns whether the row was written.
+fn write_answer(conn: &Connection, until_ms: u64, answer: &Answer) -> rusqlite::Result<bool> {
     let answer_until = to_sql_ms(until_ms.saturating_add(ANSWER_SLACK_MS));
-    conn.prepare_cached(
-        "INSERT INTO replay_answers (id, until_ms, status, headers, body) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (id) DO UPDATE SET until_ms = excluded.until_ms
-             WHERE replay_answers.until_ms < excluded.until_ms - ?6",
-    )?
-    .execute(params![
-        &answer.id.0[..],
-        answer_until,
-        answer.response.status,
-        answer.encoded_headers,
-        answer.response.body,
-        to_sql_ms(ANSWER_SLACK_MS),
-    ])?;
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO replay_answers (id, until_ms, status, headers, body) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET until_ms = excluded.until_ms
+                 WHERE replay_answers.until_ms < excluded.until_ms - ?6",
+        )?
+        .execute(params![
+            &answer.id.0[..],
+            answer_until,
+            answer.response.status,
+            answer.encoded_headers,
+            answer.response.body,
+            to_sql_ms(ANSWER_SLACK_MS),
+        ])?;
+    Ok(changed > 0)
+}
+
+/// Appends the completion row itself.
+fn write_done(
+    conn: &Connection,
+    key: &KeyHash,
+    until_ms: u64,
+    answer: &Answer,
+) -> rusqlite::Result<()> {
     conn.prepare_cached("INSERT INTO replay_done (key, until_ms, answer) VALUES (?1, ?2, ?3)")?
         .execute(params![&key.0[..], to_sql_ms(until_ms), &answer.id.0[..]])?;
     Ok(())
@@ -939,6 +955,11 @@ struct Writer {
     shared: Arc<Shared>,
     clock: SharedClock,
     purge_interval: Duration,
+    /// Deadlines this writer knows its answers are stored with (at least), so a completion whose
+    /// answer is already stored for long enough costs one statement, not two. Forgotten when a
+    /// transaction rolls back (what it wrote may be gone) and when it grows past
+    /// [`STORED_ANSWERS_MAX`] (an app whose every answer differs gains nothing from it).
+    stored: RefCell<HashMap<KeyHash, u64>>,
     /// Released only after `conn` is closed (fields drop in order), so a new owner never sees the
     /// file while this one may still write.
     _lock: Option<File>,
@@ -957,7 +978,9 @@ impl group_commit::Work for Writer {
     }
 
     fn housekeeping(&self) {
-        self.shared.index.purge(self.clock.now_ms());
+        let now = self.clock.now_ms();
+        self.stored.borrow_mut().retain(|_, until| *until > now);
+        self.shared.index.purge(now);
         // A failed purge is retried next interval; rows past their deadline are never loaded.
         let _ = self.purge_all();
     }
@@ -965,15 +988,51 @@ impl group_commit::Work for Writer {
     fn housekeeping_interval(&self) -> Duration {
         self.purge_interval
     }
+
+    fn rolled_back(&self) {
+        self.stored.borrow_mut().clear();
+    }
+
+    /// A completion nobody waits for (`complete_soon`, or a caller that gave up) was refused:
+    /// keep it for the recovery probe and refuse new claims until a write succeeds.
+    fn unanswered(&self, op: Op, error: &StoreError) {
+        if let Op::Complete(row) = op {
+            tracing::error!(%error, "replay store refused a completion; new claims are refused until a write succeeds");
+            self.shared.defer(row);
+        }
+    }
 }
 
 impl Writer {
+    /// [`write_row`], skipping the answer's statement when it is known to be stored long enough.
+    fn complete(&self, row: &Row) -> rusqlite::Result<()> {
+        let id = row.answer.id;
+        let known = self.stored.borrow().get(&id).copied();
+        if known.is_none_or(|until| until < row.until_ms) {
+            let until = if write_answer(&self.conn, row.until_ms, &row.answer)? {
+                row.until_ms.saturating_add(ANSWER_SLACK_MS)
+            } else {
+                // Already stored long enough by an earlier process: learn for how long.
+                let stored: i64 = self
+                    .conn
+                    .prepare_cached("SELECT until_ms FROM replay_answers WHERE id = ?1")?
+                    .query_row([&id.0[..]], |r| r.get(0))?;
+                u64::try_from(stored).unwrap_or(0)
+            };
+            let mut known = self.stored.borrow_mut();
+            if known.len() >= STORED_ANSWERS_MAX {
+                known.clear();
+            }
+            known.insert(id, until);
+        }
+        write_done(&self.conn, &row.key, row.until_ms, &row.answer)
+    }
+
     fn apply(&self, op: &Op) -> Result<Reply, StoreError> {
         let now = self.clock.now_ms();
         match op {
             Op::Complete(row) => {
-                write_row(&self.conn, &row.key, row.until_ms, &row.answer)
-                    .map_err(|e| query_error("complete", e))?;
+                self.complete(row).map_err(|e| query_error("complete", e))?;
                 Ok(Reply::Unit)
             }
             Op::Probe(rows) => {
@@ -1155,5 +1214,70 @@ mod tests {
             decode_headers(&[0xff, 0xff, 0xff, 0xff]),
             Err(StoreError::Corrupt(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::group_commit::Work;
+
+    fn answers(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM replay_answers", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// What the writer learns about stored answers inside a transaction is forgotten when that
+    /// transaction rolls back; otherwise a completion retried alone would skip its answer.
+    #[test]
+    fn stored_answers_are_forgotten_on_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let options = SqliteOptions::new(Durability::Batch);
+        let shared = Arc::new(Shared::default());
+        let writer = Writer {
+            conn: open_connection(&path, &options, 0).unwrap(),
+            shared: Arc::clone(&shared),
+            clock: options.clock.clone(),
+            purge_interval: options.purge_interval,
+            stored: RefCell::default(),
+            _lock: None,
+        };
+        let row = |key: &str, until_ms| Row {
+            key: KeyHash::of(key),
+            until_ms,
+            answer: shared.index.intern_response(&StoredResponse {
+                status: 200,
+                headers: vec![],
+                body: b"<Response/>".to_vec(),
+            }),
+        };
+        let conn = writer.conn();
+
+        conn.execute_batch("BEGIN").unwrap();
+        writer.complete(&row("a", 10_000)).unwrap();
+        conn.execute_batch("ROLLBACK").unwrap();
+        writer.rolled_back();
+        conn.execute_batch("BEGIN").unwrap();
+        writer.complete(&row("b", 10_000)).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        assert_eq!(
+            answers(conn),
+            1,
+            "the answer is written again after the rollback"
+        );
+
+        // Known and stored long enough: the second completion adds only its own row.
+        conn.execute_batch("DELETE FROM replay_answers").unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        writer.complete(&row("c", 10_000)).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        assert_eq!(answers(conn), 0, "a known answer costs no statement");
+        // Needed past what is known: written again.
+        writer
+            .complete(&row("d", 10_000 + ANSWER_SLACK_MS + 1))
+            .unwrap();
+        assert_eq!(answers(conn), 1);
     }
 }
