@@ -81,11 +81,13 @@ impl Gateway {
                 };
                 let svc = service_fn(move |req| {
                     let local = Arc::clone(&local);
-                    async move {
+                    // Boxed: the pipeline's state machine is large, and hyper moves the
+                    // service's future a few times before polling it; a box moves as a pointer.
+                    Box::pin(async move {
                         Ok::<_, std::convert::Infallible>(
                             pipeline::handle(&local.shared, &local.upstreams, req, conn).await,
                         )
-                    }
+                    })
                 });
                 let result = match tls {
                     None => {

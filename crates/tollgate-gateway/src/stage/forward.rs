@@ -6,7 +6,6 @@
 //! (made by the `standard-webhooks` provider's own signer), so it can refuse whatever bypassed
 //! tollgate.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -61,7 +60,17 @@ pub fn client() -> Client {
 #[derive(Debug)]
 pub struct Upstreams {
     client: Client,
-    idle: std::sync::Mutex<HashMap<Authority, Vec<Idle>>>,
+    /// One slot per upstream authority, found by a linear scan: a gateway has a handful of
+    /// upstreams, and comparing a short authority is cheaper than hashing it with SipHash.
+    idle: std::sync::Mutex<Vec<Slot>>,
+}
+
+/// One upstream's idle connections and the `Host` value its requests carry (made once).
+#[derive(Debug)]
+struct Slot {
+    authority: Authority,
+    host: Option<HeaderValue>,
+    conns: Vec<Idle>,
 }
 
 /// A kept-alive HTTP/1.1 connection with nothing in flight.
@@ -87,7 +96,7 @@ impl Upstreams {
     pub fn new() -> Self {
         Upstreams {
             client: client(),
-            idle: std::sync::Mutex::new(HashMap::new()),
+            idle: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -108,14 +117,9 @@ impl Upstreams {
                 return Ok((resp, None));
             }
         };
-        if !req.headers().contains_key(http::header::HOST) {
-            let host = match authority.port_u16() {
-                Some(p) if p != 80 => HeaderValue::from_str(&format!("{}:{p}", authority.host())),
-                _ => HeaderValue::from_str(authority.host()),
-            };
-            if let Ok(h) = host {
-                req.headers_mut().insert(http::header::HOST, h);
-            }
+        let (mut kept, host) = self.take(&authority);
+        if let Some(host) = host {
+            req.headers_mut().entry(http::header::HOST).or_insert(host);
         }
         // Origin form, as the pooled client sends to a server (not a proxy).
         let pq = req.uri().path_and_query().cloned();
@@ -129,15 +133,19 @@ impl Upstreams {
         };
         // A kept connection the upstream closed meanwhile gives the request back unsent; it then
         // goes on a new connection (never a second time once written: a POST is not repeatable).
-        while let Some(mut sender) = self.take(&authority) {
+        while let Some(mut sender) = kept.take() {
             // Ready at once unless its connection is still finishing the previous exchange.
             if sender.ready().await.is_err() {
+                kept = self.take(&authority).0;
                 continue;
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, Some((authority, sender)))),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
+                    Some(unsent) => {
+                        req = unsent;
+                        kept = self.take(&authority).0;
+                    }
                     None => return Err(GatewayError::Upstream(Box::new(e.into_error()))),
                 },
             }
@@ -150,15 +158,30 @@ impl Upstreams {
         Ok((resp, Some((authority, sender))))
     }
 
-    fn take(&self, authority: &Authority) -> Option<SendRequest<Full<Bytes>>> {
+    /// An idle connection to `authority`, if one is usable, and the `Host` value for it.
+    fn take(
+        &self,
+        authority: &Authority,
+    ) -> (Option<SendRequest<Full<Bytes>>>, Option<HeaderValue>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(authority)?;
-        while let Some(c) = list.pop() {
+        let slot = match idle.iter().position(|s| s.authority == *authority) {
+            Some(i) => &mut idle[i],
+            None => {
+                idle.push(Slot {
+                    authority: authority.clone(),
+                    host: host_value(authority),
+                    conns: Vec::new(),
+                });
+                let last = idle.len() - 1;
+                &mut idle[last]
+            }
+        };
+        while let Some(c) = slot.conns.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.sender);
+                return (Some(c.sender), slot.host.clone());
             }
         }
-        None
+        (None, slot.host.clone())
     }
 
     fn put_back(&self, authority: Authority, sender: SendRequest<Full<Bytes>>) {
@@ -166,13 +189,22 @@ impl Upstreams {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(authority).or_default();
-        if list.len() < MAX_IDLE {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        if let Some(slot) = idle.iter_mut().find(|s| s.authority == authority) {
+            if slot.conns.len() < MAX_IDLE {
+                slot.conns.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
         }
+    }
+}
+
+/// `Host` for an upstream authority: its host, and its port unless it is 80 (no user info).
+fn host_value(authority: &Authority) -> Option<HeaderValue> {
+    match authority.port_u16() {
+        Some(p) if p != 80 => HeaderValue::from_str(&format!("{}:{p}", authority.host())).ok(),
+        _ => HeaderValue::from_str(authority.host()).ok(),
     }
 }
 
@@ -278,14 +310,15 @@ pub fn upstream_uri(route: &Route, target: &str) -> Result<Uri, GatewayError> {
         path
     };
     let base = route.upstream.path().trim_end_matches('/');
-    let mut pq = format!("{base}{path}");
-    if !pq.starts_with('/') {
-        pq.insert(0, '/');
-    }
-    if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
-    }
+    let slash = if base.starts_with('/') || (base.is_empty() && path.starts_with('/')) {
+        ""
+    } else {
+        "/"
+    };
+    let pq = match query {
+        Some(q) => [slash, base, path, "?", q].concat(),
+        None => [slash, base, path].concat(),
+    };
     let mut b = Uri::builder().path_and_query(pq);
     if let Some(s) = route.upstream.scheme() {
         b = b.scheme(s.clone());
@@ -358,7 +391,11 @@ pub(crate) async fn send(
     *req.method_mut() = parts.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    let (result, elapsed) = exchange(route, upstreams.request(req), Some(upstreams)).await;
+    // Boxed: the exchange's state machine (the request, the timeout, the body collector) is
+    // most of the pipeline's future; unboxed, every enclosing future carries it and each move
+    // of one copies it (≈ 3 KiB a level).
+    let (result, elapsed) =
+        Box::pin(exchange(route, upstreams.request(req), Some(upstreams))).await;
     handles.upstream_seconds(elapsed.as_secs_f64());
     result
 }

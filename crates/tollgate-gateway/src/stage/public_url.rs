@@ -35,7 +35,7 @@ pub fn build(
         let (scheme, rest) = base.split_once("://").unwrap_or(("https", base));
         let host = rest.split('/').next().unwrap_or(rest);
         return Ok(PublicUrl {
-            url: format!("{base}{target}"),
+            url: [base, target].concat(),
             scheme: scheme.to_owned(),
             host: host.to_owned(),
         });
@@ -50,7 +50,7 @@ pub fn build(
         .filter(|h| usable_host(h))
         .ok_or(GatewayError::BadRequest("no usable Host header"))?;
     Ok(PublicUrl {
-        url: format!("{scheme}://{host}{target}"),
+        url: [scheme, "://", host, target].concat(),
         scheme: scheme.to_owned(),
         host: host.to_owned(),
     })
