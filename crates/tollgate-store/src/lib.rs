@@ -92,6 +92,22 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// What went wrong down to the backend's own reason (a refused certificate, a refused
+    /// password), for a log line that already says the store is unavailable: the message
+    /// without that framing, then each source, `: `-separated. Never holds a Redis URL.
+    pub fn reason(&self) -> String {
+        let (mut out, mut source) = match self {
+            StoreError::Unavailable(inner) => (inner.to_string(), inner.source()),
+            StoreError::Corrupt(why) => (why.clone(), None),
+        };
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
 }
 
 /// Replay/idempotency claims.

@@ -8,14 +8,12 @@
 
 mod common;
 
-use std::error::Error as _;
-
 use common::{assert_unavailable, kill_and_restart, within, LEASE, START_MS};
 use tollgate_store::queue_conformance::event;
 use tollgate_store::redis_server::{patient_options, RedisServer, TestPki};
 use tollgate_store::{
     Claim, Enqueued, EventQueue, ManualClock, RedisOptions, RedisQueue, RedisStore, RedisTarget,
-    ReplayStore, StoreError,
+    ReplayStore,
 };
 
 fn pki() -> TestPki {
@@ -39,18 +37,6 @@ fn options() -> RedisOptions {
     patient_options(ManualClock::new(START_MS))
 }
 
-/// The error and its sources, one line.
-fn chain(e: &StoreError) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_server_signed_by_another_ca_is_refused() {
     let (ours, theirs) = (pki(), pki());
@@ -64,9 +50,9 @@ async fn a_server_signed_by_another_ca_is_refused() {
     let err = r.as_ref().map(|_| ()).unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert!(
-        chain(err).to_lowercase().contains("certificate"),
+        err.reason().to_lowercase().contains("certificate"),
         "{}",
-        chain(err)
+        err.reason()
     );
 
     let queue = RedisQueue::at(&target(&server, &ours, false), options()).unwrap();
@@ -101,7 +87,7 @@ async fn a_client_certificate_is_presented_when_the_server_requires_one() {
 
     let store = RedisStore::connect_to(&target(&server, &pki, true), options())
         .await
-        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+        .unwrap_or_else(|e| panic!("{}", e.reason()));
     assert_eq!(store.claim("k", LEASE).await.unwrap(), Claim::Claimed);
     assert_eq!(store.claim("k", LEASE).await.unwrap(), Claim::InFlight);
     let queue = RedisQueue::at(&target(&server, &pki, true), options()).unwrap();
@@ -117,6 +103,6 @@ async fn a_restarted_tls_server_is_reconnected() {
     let mut server = server(&pki, false);
     let store = RedisStore::connect_to(&target(&server, &pki, false), options())
         .await
-        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+        .unwrap_or_else(|e| panic!("{}", e.reason()));
     kill_and_restart(&mut server, &store).await;
 }
