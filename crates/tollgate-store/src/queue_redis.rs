@@ -28,8 +28,9 @@
 //! and on a cluster ([`RedisTarget`](crate::RedisTarget)): an enqueue sends its id claim
 //! (`{qid:<id>}`) and its sequence number and route listing (`{qmeta}`) as two pipelines at once,
 //! then the route's script; forgetting ids is one multi-key `DEL`, which a cluster client splits
-//! by slot. The three steps of an enqueue were never one transaction (see [`RedisQueue::enqueue`]
-//! for why a crash between them is harmless), so splitting the first changes nothing.
+//! by slot. The steps of an enqueue were never one transaction, so splitting the first changes
+//! nothing: a crash between them leaves the id pointing at its route with no event, and the
+//! provider's retry, which arrives on the same route, stores it then.
 //!
 //! # Why not Streams and consumer groups
 //!

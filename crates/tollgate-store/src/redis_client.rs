@@ -2,7 +2,7 @@
 //! Cluster found from seed nodes, with TLS trusting the system's roots or a private CA, and
 //! optionally presenting a client certificate. The replay store ([`RedisStore`](crate::RedisStore))
 //! and the queue ([`RedisQueue`](crate::RedisQueue)) both take a [`RedisTarget`] and talk through
-//! the same [`Connection`], so either runs on a single node or a cluster unchanged.
+//! the same connection type, so either runs on a single node or a cluster unchanged.
 //!
 //! A cluster connection routes each command by its key's slot, follows `MOVED`/`ASK` redirects
 //! and refreshes its slot map after a failover or a resharding; the backends keep every script
