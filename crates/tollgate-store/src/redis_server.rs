@@ -331,6 +331,9 @@ impl RedisServer {
                 ]);
         }
         if let Some(cluster) = &self.cluster {
+            if self.tls.is_some() {
+                cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            }
             cmd.args([
                 "--cluster-enabled",
                 "yes",
@@ -413,6 +416,8 @@ pub struct RedisCluster {
     primaries: Vec<RedisServer>,
     replicas: Vec<RedisServer>,
     replicas_per_primary: usize,
+    /// For a TLS cluster, what a client needs to trust it.
+    client_tls: Option<crate::RedisTls>,
 }
 
 /// How a [`RedisCluster`] is built.
@@ -448,6 +453,18 @@ impl RedisCluster {
     /// Starts the nodes, assigns the slots, introduces the nodes to each other, attaches the
     /// replicas, and waits until every node reports the cluster ok and every replica is in sync.
     pub fn start_with(options: &ClusterOptions) -> Result<Self, ServerError> {
+        Self::start_nodes(options, None)
+    }
+
+    /// [`start_with`](Self::start_with), every node also listening for TLS with `pki`'s server
+    /// certificate, the cluster bus and replication over TLS too (`tls-cluster yes`,
+    /// `tls-replication yes`). Clients are told the TLS ports; [`url`](Self::url),
+    /// [`seeds`](Self::seeds) and [`target`](Self::target) name them.
+    pub fn start_tls(options: &ClusterOptions, pki: &TestPki) -> Result<Self, ServerError> {
+        Self::start_nodes(options, Some(pki))
+    }
+
+    fn start_nodes(options: &ClusterOptions, pki: Option<&TestPki>) -> Result<Self, ServerError> {
         if options.primaries == 0 {
             return Err(ServerError::Cluster("a cluster needs a primary".into()));
         }
@@ -457,7 +474,14 @@ impl RedisCluster {
                 bus: free_port()?,
                 node_timeout: options.node_timeout,
             };
-            RedisServer::launch(binary.clone(), Persistence::None, None, Some(bus))
+            let tls = match pki {
+                Some(pki) => Some(TlsPort {
+                    port: free_port()?,
+                    files: pki.server_files(false),
+                }),
+                None => None,
+            };
+            RedisServer::launch(binary.clone(), Persistence::None, tls, Some(bus))
         };
         let primaries = (0..options.primaries)
             .map(|_| node())
@@ -469,6 +493,7 @@ impl RedisCluster {
             primaries,
             replicas,
             replicas_per_primary: options.replicas,
+            client_tls: pki.map(|p| p.redis_tls(false)).transpose()?,
         };
         cluster.form()?;
         Ok(cluster)
@@ -562,22 +587,29 @@ impl RedisCluster {
         self.nodes().map(RedisServer::url).collect()
     }
 
-    /// The first primary's URL, the seed a client starts from.
+    /// The first primary's URL, the seed a client starts from (`rediss://` on its TLS port for
+    /// a TLS cluster).
     pub fn url(&self) -> String {
-        self.primaries[0].url()
+        let first = &self.primaries[0];
+        first.tls_url().unwrap_or_else(|| first.url())
     }
 
-    /// A client target with every node as a seed.
+    /// A client target with every node as a seed, trusting the CA of a TLS cluster.
     pub fn target(&self) -> Result<crate::RedisTarget, ServerError> {
-        crate::RedisTarget::cluster(&self.url(), &self.seeds())
-            .map_err(|e| ServerError::Cluster(e.to_string()))
+        let target = crate::RedisTarget::cluster(&self.url(), &self.seeds());
+        match &self.client_tls {
+            Some(tls) => target.and_then(|t| t.with_tls(tls.clone())),
+            None => target,
+        }
+        .map_err(|e| ServerError::Cluster(e.to_string()))
     }
 
-    /// `(host, port)` of every other node: further seeds, as `[state] cluster_nodes` lists them.
+    /// `(host, port)` of every other node (the TLS port for a TLS cluster): further seeds, as
+    /// `[state] cluster_nodes` lists them.
     pub fn seeds(&self) -> Vec<(String, u16)> {
         self.nodes()
             .skip(1)
-            .map(|n| ("127.0.0.1".to_owned(), n.port))
+            .map(|n| ("127.0.0.1".to_owned(), n.tls_port().unwrap_or(n.port)))
             .collect()
     }
 

@@ -2,7 +2,8 @@
 //! there too): the keys really spread over every primary, so the suites exercised slot routing;
 //! a primary's failover loses nothing that had reached its replica, never hands out a second
 //! `Claimed`, and scripts run on the promoted replica, which never had them cached; with every
-//! node down both backends fail closed, and they are used again once the nodes are back.
+//! node down both backends fail closed, and they are used again once the nodes are back. A
+//! cluster over TLS (client, bus and replication) is reached with its private CA.
 //!
 //! Operations that may meet a dead node run under [`within`] (2 s); waits are bounded polls. The
 //! all-down case runs with the production timeouts, as it checks that failures are prompt; the
@@ -16,7 +17,9 @@ use std::time::Duration;
 use common::{assert_unavailable, wait_until_usable, within, LEASE, START_MS};
 use tollgate_store::conformance::awkward_response;
 use tollgate_store::queue_conformance::event;
-use tollgate_store::redis_server::{patient_options, ClusterOptions, RedisCluster, RedisServer};
+use tollgate_store::redis_server::{
+    patient_options, ClusterOptions, RedisCluster, RedisServer, TestPki,
+};
 use tollgate_store::{
     Claim, Enqueued, EventQueue, ManualClock, RedisOptions, RedisQueue, RedisStore, RedisTarget,
     ReplayStore,
@@ -45,11 +48,11 @@ fn keys(node: &RedisServer) -> u64 {
         .unwrap_or_else(|| panic!("DBSIZE answered {reply:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn claims_and_queued_events_spread_over_every_primary() {
-    let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+/// Completes 30 claims and queues 30 events on 6 routes, checking that each lands on every
+/// primary and that every event is found again, by id and by a lease over all routes.
+async fn spreads_over_every_primary(cluster: &mut RedisCluster) {
     let clock = ManualClock::new(START_MS);
-    let (store, queue) = backends(&cluster, patient_options(clock)).await;
+    let (store, queue) = backends(cluster, patient_options(clock)).await;
     for i in 0..30 {
         let key = format!("route:id:evt-{i}");
         assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Claimed);
@@ -57,6 +60,10 @@ async fn claims_and_queued_events_spread_over_every_primary() {
             .complete(&key, &awkward_response(), TTL)
             .await
             .unwrap();
+        assert_eq!(
+            store.claim(&key, LEASE).await.unwrap(),
+            Claim::Done(awkward_response())
+        );
     }
     let after_claims: Vec<u64> = cluster.primaries().iter().map(keys).collect();
     assert!(
@@ -78,7 +85,6 @@ async fn claims_and_queued_events_spread_over_every_primary() {
         grown.iter().all(|&n| n > 0),
         "queue keys per primary: {grown:?}"
     );
-    // Every event is found again, by id and by a lease over all routes.
     for i in 0..30 {
         assert!(
             queue.get(&format!("q-{i}")).await.unwrap().is_some(),
@@ -87,6 +93,27 @@ async fn claims_and_queued_events_spread_over_every_primary() {
     }
     assert_eq!(queue.lease(None, 100, LEASE).await.unwrap().len(), 30);
     assert_eq!(queue.purge_delivered(Duration::ZERO).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_and_queued_events_spread_over_every_primary() {
+    let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    spreads_over_every_primary(&mut cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_cluster_is_reached_on_every_primary_with_its_private_ca() {
+    let pki = TestPki::generate().unwrap_or_else(|e| panic!("{e}"));
+    let options = ClusterOptions {
+        primaries: 3,
+        replicas: 1,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = RedisCluster::start_tls(&options, &pki).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cluster.url().starts_with("rediss://"), "{}", cluster.url());
+    spreads_over_every_primary(&mut cluster).await;
+    // The replicas follow over TLS as well.
+    cluster.wait_replicated().unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
