@@ -24,7 +24,7 @@ mod state;
 
 pub use lint::{lints, Lint};
 pub use secret::SecretSource;
-pub use state::{RedisState, RedisUrl};
+pub use state::{RedisState, RedisTlsFiles, RedisUrl};
 
 use raw::{RawConfig, RawKey, RawRoute};
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::{Config, SecretSource};
+use crate::{Config, SecretSource, StateBackend};
 
 /// One warning.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,20 @@ pub fn lints(config: &Config, now: i64) -> Vec<Lint> {
             warn(
                 format!("server.trusted_proxies[{i}]"),
                 format!("{n} trusts every peer to set X-Forwarded-For: any client can then pick its own IP"),
+            );
+        }
+    }
+    if let StateBackend::Redis(r) = &config.state {
+        let hosts =
+            std::iter::once(r.url.host()).chain(r.cluster_nodes.iter().map(|(h, _)| h.as_str()));
+        let remote = hosts.into_iter().find(|h| !is_loopback(h));
+        if let (false, true, Some(host)) = (r.url.is_tls(), r.url.has_password(), remote) {
+            warn(
+                "state.url".into(),
+                format!(
+                    "redis:// sends the Redis password and every event to {host} in clear text: \
+                     use rediss:// (TLS), or keep Redis on this host"
+                ),
             );
         }
     }
@@ -112,6 +126,14 @@ pub fn lints(config: &Config, now: i64) -> Vec<Lint> {
         }
     }
     out
+}
+
+/// Whether `host` (a name or an address) is this machine.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Why a secret is weak, if it is. Never includes the material.

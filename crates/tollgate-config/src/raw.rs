@@ -87,6 +87,16 @@ pub struct RawState {
     pub connect_timeout_ms: Option<u64>,
     /// Redis: one operation, reconnection included.
     pub operation_timeout_ms: Option<u64>,
+    /// Redis: `url` is a seed node of a Redis Cluster.
+    pub cluster: Option<bool>,
+    /// Redis Cluster: more seed nodes, `host:port`.
+    pub cluster_nodes: Option<Vec<String>>,
+    /// Redis over TLS: PEM CA certificates to trust instead of the system's roots.
+    pub tls_ca: Option<String>,
+    /// Redis over TLS: PEM client certificate chain (with `tls_key`).
+    pub tls_cert: Option<String>,
+    /// Redis over TLS: PEM private key of `tls_cert`.
+    pub tls_key: Option<String>,
 }
 
 /// One `[[route]]`.

@@ -421,9 +421,13 @@ fn redis_state_mistakes_are_each_reported() {
     );
     for (url, why) in [
         ("env:NOPE", "env var NOPE is not set"),
-        ("rediss://h:1/", "rediss:// (TLS) is not supported"),
+        (
+            "rediss://h:1/#insecure",
+            "certificate checks cannot be turned off",
+        ),
         ("http://h:1/", "unsupported scheme"),
         ("redis:///0", "names no host"),
+        ("redis://h:port/0", "bad port"),
         ("127.0.0.1:6379", "not a URL"),
     ] {
         let e = errors(
@@ -443,6 +447,171 @@ fn redis_state_mistakes_are_each_reported() {
         e[0].message,
         "applies only to backend = \"redis\", not \"sqlite\""
     );
+}
+
+/// A directory holding empty `ca.pem`, `client.pem` and `client.key` (loading checks that the
+/// files exist; their content is checked when tollgate starts).
+fn tls_files() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::write(dir.path().join(f), "").unwrap();
+    }
+    dir
+}
+
+#[test]
+fn redis_tls_and_cluster_keys_are_read() {
+    let dir = tls_files();
+    let d = dir.path().display();
+    let e = env(&[
+        ("SW_SECRET", KEY),
+        ("REDIS_URL", "rediss://app:hunter2@10.0.0.1:7000"),
+    ]);
+    let state = format!(
+        "backend = \"redis\"\nurl = \"env:REDIS_URL\"\ncluster = true\n\
+         cluster_nodes = [\"10.0.0.2:7000\", \"[fd00::3]:7001\", \"redis-4.internal:7002\"]\n\
+         tls_ca = \"{d}/ca.pem\"\ntls_cert = \"{d}/client.pem\"\ntls_key = \"{d}/client.key\""
+    );
+    let cfg = load(&redis_toml(&state), &e).unwrap_or_else(|e| panic!("{e}"));
+    let StateBackend::Redis(redis) = &cfg.state else {
+        panic!("not redis: {:?}", cfg.state);
+    };
+    assert!(redis.url.is_tls() && redis.url.has_password());
+    assert_eq!(redis.url.host(), "10.0.0.1");
+    assert!(redis.cluster);
+    assert_eq!(
+        redis.cluster_nodes,
+        [
+            ("10.0.0.2".to_owned(), 7000),
+            ("fd00::3".to_owned(), 7001),
+            ("redis-4.internal".to_owned(), 7002)
+        ]
+    );
+    assert_eq!(redis.tls.ca, Some(dir.path().join("ca.pem")));
+    assert_eq!(
+        redis.tls.client,
+        Some((dir.path().join("client.pem"), dir.path().join("client.key")))
+    );
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("rediss://app:***@10.0.0.1:7000"), "{shown}");
+    // TLS without a private CA trusts the system's roots; one node is the default.
+    let cfg = load(
+        &redis_toml("backend = \"redis\"\nurl = \"rediss://10.0.0.1:6380/3\""),
+        &demo_env(),
+    )
+    .unwrap();
+    let StateBackend::Redis(redis) = &cfg.state else {
+        panic!("not redis");
+    };
+    assert!(!redis.cluster && redis.cluster_nodes.is_empty());
+    assert_eq!(redis.tls, RedisTlsFiles::default());
+}
+
+#[test]
+fn redis_tls_and_cluster_mistakes_name_their_key() {
+    let dir = tls_files();
+    let d = dir.path().display();
+    let cases = [
+        (
+            format!("url = \"redis://h:1/\"\ntls_ca = \"{d}/ca.pem\""),
+            "state.tls_ca",
+            "needs a rediss:// URL",
+        ),
+        (
+            format!("url = \"rediss://h:1/\"\ntls_cert = \"{d}/client.pem\""),
+            "state.tls_cert",
+            "needs tls_key as well",
+        ),
+        (
+            format!("url = \"rediss://h:1/\"\ntls_key = \"{d}/client.key\""),
+            "state.tls_key",
+            "needs tls_cert as well",
+        ),
+        (
+            format!("url = \"rediss://h:1/\"\ntls_ca = \"{d}/missing.pem\""),
+            "state.tls_ca",
+            "missing.pem",
+        ),
+        (
+            format!("url = \"rediss://h:1/\"\ntls_ca = \"{d}\""),
+            "state.tls_ca",
+            "is not a file",
+        ),
+        (
+            "url = \"redis://h:1/\"\ncluster_nodes = [\"h2:1\"]".to_owned(),
+            "state.cluster_nodes",
+            "only with cluster = true",
+        ),
+        (
+            "url = \"redis://h:1/2\"\ncluster = true".to_owned(),
+            "state.url",
+            "only database 0",
+        ),
+    ];
+    for (state, path, why) in cases {
+        let e = errors(
+            &redis_toml(&format!("backend = \"redis\"\n{state}")),
+            &demo_env(),
+        );
+        assert_eq!(e.len(), 1, "{state}: {e:?}");
+        assert_eq!(e[0].path, path, "{state}");
+        assert!(e[0].message.contains(why), "{state}: {}", e[0].message);
+    }
+    let e = errors(
+        &redis_toml(
+            "backend = \"redis\"\nurl = \"redis://h:1/\"\ncluster = true\n\
+             cluster_nodes = [\"h2\", \"h2:0\", \"h2:x\", \"u:p@h2:1\", \":1\", \"h2:1\"]",
+        ),
+        &demo_env(),
+    );
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        (0..5)
+            .map(|i| format!("state.cluster_nodes[{i}]"))
+            .collect::<Vec<_>>(),
+        "{e:?}"
+    );
+    let e = errors(
+        &route_toml("").replace(
+            "backend = \"memory\"",
+            &format!("tls_ca = \"{d}/ca.pem\"\ncluster = true"),
+        ),
+        &demo_env(),
+    );
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["state.cluster", "state.tls_ca"], "{e:?}");
+}
+
+#[test]
+fn a_redis_password_sent_in_clear_text_to_another_host_is_warned_about() {
+    let warned = |url: &str, extra: &str| {
+        let e = env(&[("SW_SECRET", KEY), ("REDIS_URL", url)]);
+        let state = format!("backend = \"redis\"\nurl = \"env:REDIS_URL\"\n{extra}");
+        let cfg = load(&redis_toml(&state), &e).unwrap_or_else(|e| panic!("{e}"));
+        let lints: Vec<Lint> = lints(&cfg, 0)
+            .into_iter()
+            .filter(|l| l.path == "state.url")
+            .collect();
+        for l in &lints {
+            assert!(!l.message.contains("pw"), "{l}");
+        }
+        lints.first().map(|l| l.message.clone())
+    };
+    let w = warned("redis://:pw@10.0.0.5:6379/0", "").unwrap();
+    assert!(w.contains("10.0.0.5") && w.contains("rediss://"), "{w}");
+    assert!(warned("redis://app:pw@redis.internal:6379", "").is_some());
+    assert!(warned(
+        "redis://:pw@127.0.0.1:7000",
+        "cluster = true\ncluster_nodes = [\"10.0.0.6:7000\"]"
+    )
+    .is_some_and(|w| w.contains("10.0.0.6")));
+    assert_eq!(warned("rediss://:pw@10.0.0.5:6379/0", ""), None);
+    assert_eq!(warned("redis://10.0.0.5:6379/0", ""), None);
+    for local in ["127.0.0.1", "localhost", "[::1]"] {
+        assert_eq!(warned(&format!("redis://:pw@{local}:6379/0"), ""), None);
+    }
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! [`ReplayStore`]; backends: [`memory`] (tests, single process, lost on restart), [`sqlite`] (the
 //! embedded default: the same in-memory index, plus completed answers kept in a file) and
 //! [`redis`] (shared by several instances). Every backend passes the same
-//! conformance suite (`conformance`, behind the `conformance` feature).
+//! conformance suite (`conformance`, behind the `conformance` feature). Both Redis backends reach
+//! Redis through [`redis_client`]: one node or a Redis Cluster ([`RedisTarget`]), optionally over
+//! TLS with a private CA ([`RedisTls`]).
 //!
 //! Expiry is decided against stored unix-millisecond deadlines read from an injected
 //! [`clock::Clock`], so tests move time instead of sleeping.
@@ -32,6 +34,7 @@ pub mod queue_memory;
 pub mod queue_redis;
 pub mod queue_sqlite;
 pub mod redis;
+pub mod redis_client;
 #[cfg(feature = "conformance")]
 pub mod redis_server;
 pub mod sqlite;
@@ -46,6 +49,7 @@ pub use queue_memory::MemoryQueue;
 pub use queue_redis::RedisQueue;
 pub use queue_sqlite::{QueueOptions, SqliteQueue};
 pub use redis::{RedisOptions, RedisStore};
+pub use redis_client::{RedisTarget, RedisTls};
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// The app's answer to the first delivery, replayed to duplicates.
@@ -87,6 +91,22 @@ impl StoreError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// What went wrong down to the backend's own reason (a refused certificate, a refused
+    /// password), for a log line that already says the store is unavailable: the message
+    /// without that framing, then each source, `: `-separated. Never holds a Redis URL.
+    pub fn reason(&self) -> String {
+        let (mut out, mut source) = match self {
+            StoreError::Unavailable(inner) => (inner.to_string(), inner.source()),
+            StoreError::Corrupt(why) => (why.clone(), None),
+        };
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
     }
 }
 

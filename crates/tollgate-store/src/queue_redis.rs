@@ -22,6 +22,16 @@
 //! the id, so a provider retry is a duplicate whatever route it arrives on, and `get`/`remove` by id
 //! find the event).
 //!
+//! # Redis Cluster
+//!
+//! Every script and every pipeline stays within one slot, so the layout is the same on one node
+//! and on a cluster ([`RedisTarget`](crate::RedisTarget)): an enqueue sends its id claim
+//! (`{qid:<id>}`) and its sequence number and route listing (`{qmeta}`) as two pipelines at once,
+//! then the route's script; forgetting ids is one multi-key `DEL`, which a cluster client splits
+//! by slot. The steps of an enqueue were never one transaction, so splitting the first changes
+//! nothing: a crash between them leaves the id pointing at its route with no event, and the
+//! provider's retry, which arrives on the same route, stores it then.
+//!
 //! # Why not Streams and consumer groups
 //!
 //! The issue suggested XADD/XREADGROUP/XACK/XAUTOCLAIM. The queue contract needs more than a
@@ -48,8 +58,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Script, Value};
+use ::redis::Value;
 use tokio::sync::OnceCell;
 
 use crate::clock::{deadline, duration_ms};
@@ -58,6 +67,7 @@ use crate::queue::{
     QueueStats, QueuedEvent, RouteStats, Settled,
 };
 use crate::redis::{bounded, RedisError, RedisOptions};
+use crate::redis_client::{Client, Connection, Lua, LuaCall, RedisTarget};
 use crate::StoreError;
 
 /// Lua numbers are doubles: times are clamped to the largest integer a double holds exactly.
@@ -277,21 +287,21 @@ return ids
 "#;
 
 struct Scripts {
-    enqueue: Script,
-    peek: Script,
-    lease: Script,
-    settle: Script,
-    get: Script,
-    requeue: Script,
-    remove: Script,
-    list: Script,
-    stats: Script,
-    purge: Script,
+    enqueue: Lua,
+    peek: Lua,
+    lease: Lua,
+    settle: Lua,
+    get: Lua,
+    requeue: Lua,
+    remove: Lua,
+    list: Lua,
+    stats: Lua,
+    purge: Lua,
 }
 
 impl Scripts {
     fn new() -> Self {
-        let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        let s = |body: &str| Lua::new(&format!("{PRELUDE}{body}"));
         Self {
             enqueue: s(ENQUEUE_LUA),
             peek: s(PEEK_LUA),
@@ -311,15 +321,16 @@ impl Scripts {
 /// down and fail closed until it is up), then reconnects by itself. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisQueue {
-    client: ::redis::Client,
-    conn: Arc<OnceCell<ConnectionManager>>,
+    client: Client,
+    conn: Arc<OnceCell<Connection>>,
     scripts: Arc<Scripts>,
     options: RedisOptions,
 }
 
 impl std::fmt::Debug for RedisQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The client holds the URL, which may carry a password: never print it.
+        // The client holds the URL, which may carry a password, and the TLS client key: never
+        // print them.
         f.debug_struct("RedisQueue")
             .field("key_prefix", &self.options.key_prefix)
             .finish_non_exhaustive()
@@ -463,13 +474,18 @@ fn parse_leased(route: &str, v: Value) -> Result<Leased, StoreError> {
 }
 
 impl RedisQueue {
-    /// A queue on `url` (`redis://[user:password@]host:port/db`). Only checks the URL; the
-    /// connection is made by the first operation (and remade by later ones after a failure).
+    /// A queue on the single node at `url` (`redis://[user:password@]host:port/db`, or
+    /// `rediss://` for TLS). Only checks the URL; the connection is made by the first operation
+    /// (and remade by later ones after a failure).
     pub fn new(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
-        let client = ::redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(Box::new(RedisError::Url(e))))?;
+        Self::at(&RedisTarget::node(url)?, options)
+    }
+
+    /// A queue on `target` (one node or a cluster, with or without TLS). Checks the settings and
+    /// the TLS material; connects on first use, like [`RedisQueue::new`].
+    pub fn at(target: &RedisTarget, options: RedisOptions) -> Result<Self, StoreError> {
         Ok(Self {
-            client,
+            client: target.client(&options)?,
             conn: Arc::new(OnceCell::new()),
             scripts: Arc::new(Scripts::new()),
             options,
@@ -479,7 +495,15 @@ impl RedisQueue {
     /// [`RedisQueue::new`], then connects at once: fails if the server does not answer within
     /// the operation timeout.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
-        let q = Self::new(url, options)?;
+        Self::connect_to(&RedisTarget::node(url)?, options).await
+    }
+
+    /// [`RedisQueue::at`], then connects at once.
+    pub async fn connect_to(
+        target: &RedisTarget,
+        options: RedisOptions,
+    ) -> Result<Self, StoreError> {
+        let q = Self::at(target, options)?;
         q.conn().await?;
         Ok(q)
     }
@@ -489,25 +513,15 @@ impl RedisQueue {
         &self.options
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<Connection, StoreError> {
         if let Some(conn) = self.conn.get() {
             return Ok(conn.clone());
         }
         // Callers queue behind one connection attempt; none waits longer than one operation may
         // take.
-        let init = self.conn.get_or_try_init(|| {
-            // As for the replay store: no backoff inside a reconnection, so with Redis down
-            // every operation fails at once and traffic paces the retries.
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(self.options.connect_timeout)
-                .set_response_timeout(self.options.response_timeout)
-                .set_number_of_retries(0);
-            bounded(
-                "connect",
-                self.options.operation_timeout,
-                ConnectionManager::new_with_config(self.client.clone(), config),
-            )
-        });
+        let init = self
+            .conn
+            .get_or_try_init(|| self.client.connect(&self.options));
         let after = self.options.operation_timeout;
         match tokio::time::timeout(after, init).await {
             Ok(conn) => Ok(conn?.clone()),
@@ -555,18 +569,18 @@ impl RedisQueue {
     async fn run(
         &self,
         operation: &'static str,
-        script: &Script,
+        script: &Lua,
         route: &str,
-        args: impl FnOnce(&mut ::redis::ScriptInvocation<'_>),
+        args: impl FnOnce(&mut LuaCall<'_>),
     ) -> Result<Value, StoreError> {
         let mut conn = self.conn().await?;
-        let mut call = script.key(self.slot_key(route));
-        call.arg(self.base(route));
+        let mut call = script.call();
+        call.key(self.slot_key(route)).arg(self.base(route));
         args(&mut call);
         bounded(
             operation,
             self.options.operation_timeout,
-            call.invoke_async(&mut conn),
+            call.invoke(&mut conn),
         )
         .await
     }
@@ -610,14 +624,15 @@ impl RedisQueue {
             return Ok(());
         }
         let mut conn = self.conn().await?;
-        let mut pipe = ::redis::pipe();
+        // One command however many slots the ids hash to: a cluster client splits it by slot.
+        let mut del = ::redis::cmd("DEL");
         for id in ids {
-            pipe.cmd("DEL").arg(self.id_key(id)).ignore();
+            del.arg(self.id_key(id));
         }
-        let () = bounded(
+        let _: Value = bounded(
             "forget ids",
             self.options.operation_timeout,
-            pipe.query_async(&mut conn),
+            del.query_async(&mut conn),
         )
         .await?;
         Ok(())
@@ -652,31 +667,34 @@ impl RedisQueue {
 #[async_trait::async_trait]
 impl EventQueue for RedisQueue {
     async fn enqueue(&self, event: &QueuedEvent) -> Result<Enqueued, StoreError> {
-        let mut conn = self.conn().await?;
-        // Claim the id for this route (or learn which route holds it), take a receipt sequence
-        // number and list the route, in one round trip. A crash after this and before the event
-        // is stored leaves the id pointing at this route with no event: the provider's retry,
-        // which arrives on the same route, stores it then.
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("SET")
+        let conn = self.conn().await?;
+        // Claim the id for this route (or learn which route holds it), and take a receipt
+        // sequence number and list the route: two pipelines, because the id and the metadata are
+        // in different slots, sent together so they cost one round trip. A crash after this and
+        // before the event is stored leaves the id pointing at this route with no event: the
+        // provider's retry, which arrives on the same route, stores it then.
+        let mut claim = ::redis::pipe();
+        claim
+            .cmd("SET")
             .arg(self.id_key(&event.id))
             .arg(event.route.as_bytes())
             .arg("NX")
             .ignore()
             .cmd("GET")
-            .arg(self.id_key(&event.id))
-            .cmd("INCR")
+            .arg(self.id_key(&event.id));
+        let mut meta = ::redis::pipe();
+        meta.cmd("INCR")
             .arg(self.meta_key("seq"))
             .cmd("SADD")
             .arg(self.meta_key("routes"))
             .arg(event.route.as_bytes())
             .ignore();
-        let (holder, seq): (Option<Vec<u8>>, u64) = bounded(
-            "enqueue",
-            self.options.operation_timeout,
-            pipe.query_async(&mut conn),
-        )
-        .await?;
+        let (mut c1, mut c2) = (conn.clone(), conn);
+        let after = self.options.operation_timeout;
+        let ((holder,), (seq,)): ((Option<Vec<u8>>,), (u64,)) = tokio::try_join!(
+            bounded("enqueue", after, claim.query_async(&mut c1)),
+            bounded("enqueue", after, meta.query_async(&mut c2)),
+        )?;
         if holder.as_deref() != Some(event.route.as_bytes()) {
             return Ok(Enqueued::Duplicate);
         }

@@ -3,10 +3,10 @@
 //!
 //! Each event key is one Redis hash, `<prefix>{<key>}:claim`, holding the state (in flight or
 //! done), the deadline in unix milliseconds and, once done, the stored response. Every operation
-//! is one Lua script run with `EVALSHA` (falling back to loading it on `NOSCRIPT`), so "first one
-//! wins" is decided inside Redis, atomically, across every instance sharing the server. Scripts
-//! touch only the one key they are given, so they are legal on Redis Cluster; the `{…}` hash tag
-//! keeps any future per-event keys in the same slot.
+//! is one Lua script on that one key (`EVALSHA`, falling back to `EVAL` on `NOSCRIPT`), so "first
+//! one wins" is decided inside Redis, atomically, across every instance sharing it. Because a
+//! script touches only the key it is given, the store runs unchanged on one node or a Redis
+//! Cluster ([`RedisTarget`]); the `{…}` hash tag keeps any future per-event keys in the same slot.
 //!
 //! Time: expiry is decided by comparing the stored deadline with the `now_ms` the caller's
 //! [`Clock`](crate::clock::Clock) passes into the script, exactly as the other backends do, so a
@@ -15,24 +15,24 @@
 //! ([`RedisOptions::expiry_margin`]) that must exceed the clock skew between instances: a key
 //! Redis drops early would let a retry through twice.
 //!
-//! Fail closed: every failure (refused connection, lost connection, timeout, Redis error) is
-//! [`StoreError::Unavailable`] and never a [`Claim::Claimed`]. A claim whose reply was lost may
-//! still have been recorded; the retry then sees it in flight until its lease ends, which costs
-//! one lease of delay, never a duplicate. The [`ConnectionManager`] reconnects by itself; each
-//! operation is bounded by [`RedisOptions::operation_timeout`] so a dead or frozen server cannot
-//! hold a request.
+//! Fail closed: every failure (refused connection, lost connection, TLS handshake refused,
+//! timeout, Redis error, a cluster slot without a primary) is [`StoreError::Unavailable`] and
+//! never a [`Claim::Claimed`]. A claim whose reply was lost may still have been recorded; the
+//! retry then sees it in flight until its lease ends, which costs one lease of delay, never a
+//! duplicate. The connection reconnects by itself; each operation is bounded by
+//! [`RedisOptions::operation_timeout`] so a dead or frozen server cannot hold a request.
 //!
-//! What it does not do: Redis Cluster and Sentinel connections (the key layout is ready for them,
-//! the connection is a single-node one) and TLS (`rediss://`); durability is Redis's own
-//! (`appendonly`/`appendfsync`), see the deployment notes.
+//! What it does not do: Sentinel (see the deployment notes for why); durability is Redis's own
+//! (`appendonly`/`appendfsync`, and replication is asynchronous, so a failover may lose the last
+//! writes).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Script, Value};
+use ::redis::Value;
 
 use crate::clock::{deadline, SharedClock, SystemClock};
+use crate::redis_client::{Connection, Lua, RedisTarget};
 use crate::{Claim, ReplayStore, StoreError, StoredResponse};
 
 /// Lua numbers are doubles: deadlines are clamped to the largest integer a double holds exactly
@@ -155,9 +155,13 @@ impl RedisOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisError {
-    /// The URL is not a Redis URL this build can use.
-    #[error("invalid Redis URL")]
+    /// The URL is not a Redis URL this build can use, or its TLS material does not parse.
+    #[error("invalid Redis URL or TLS material")]
     Url(#[source] ::redis::RedisError),
+    /// The connection settings contradict each other (TLS material for a `redis://` URL, a
+    /// database other than 0 on a cluster, certificate checks turned off).
+    #[error("invalid Redis connection settings: {0}")]
+    Config(String),
     /// Redis refused or failed the operation, or the connection failed.
     #[error("Redis {operation} failed")]
     Command {
@@ -180,10 +184,10 @@ pub enum RedisError {
 /// Redis-backed [`ReplayStore`]. Cheap to clone and share: clones use the same connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
-    claim: Arc<Script>,
-    complete: Arc<Script>,
-    release: Arc<Script>,
+    conn: Connection,
+    claim: Arc<Lua>,
+    complete: Arc<Lua>,
+    release: Arc<Lua>,
     options: RedisOptions,
 }
 
@@ -197,36 +201,30 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://[user:password@]host:port/db`) with default options reading
-    /// time from `clock`. Fails with [`StoreError::Unavailable`] if the server cannot be reached
-    /// within the operation timeout; once connected, the store reconnects by itself.
+    /// Connects to the single node at `url` (`redis://[user:password@]host:port/db`, or
+    /// `rediss://` for TLS) with default options reading time from `clock`. Fails with
+    /// [`StoreError::Unavailable`] if the server cannot be reached within the operation timeout;
+    /// once connected, the store reconnects by itself.
     pub async fn connect(url: &str, clock: SharedClock) -> Result<Self, StoreError> {
         Self::connect_with(url, RedisOptions::new().with_clock(clock)).await
     }
 
     /// [`RedisStore::connect`] with explicit options.
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
-        let client = ::redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(Box::new(RedisError::Url(e))))?;
-        // One connection attempt per reconnection, no backoff inside it: with Redis down every
-        // operation then fails at once (connection refused) instead of waiting out a backoff
-        // schedule that starts at a second, and the next operation starts a fresh attempt, so
-        // traffic itself paces the retries and recovery is noticed on the first request after.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(options.connect_timeout)
-            .set_response_timeout(options.response_timeout)
-            .set_number_of_retries(0);
-        let conn = bounded(
-            "connect",
-            options.operation_timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await?;
+        Self::connect_to(&RedisTarget::node(url)?, options).await
+    }
+
+    /// Connects to `target`: one node or a cluster, with or without TLS.
+    pub async fn connect_to(
+        target: &RedisTarget,
+        options: RedisOptions,
+    ) -> Result<Self, StoreError> {
+        let conn = target.client(&options)?.connect(&options).await?;
         Ok(Self {
             conn,
-            claim: Arc::new(Script::new(CLAIM_LUA)),
-            complete: Arc::new(Script::new(COMPLETE_LUA)),
-            release: Arc::new(Script::new(RELEASE_LUA)),
+            claim: Arc::new(Lua::new(CLAIM_LUA)),
+            complete: Arc::new(Lua::new(COMPLETE_LUA)),
+            release: Arc::new(Lua::new(RELEASE_LUA)),
             options,
         })
     }
@@ -345,12 +343,15 @@ impl ReplayStore for RedisStore {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
         let (now, until, pexpire) = self.times(lease);
         let mut conn = self.conn.clone();
-        let mut call = self.claim.key(self.redis_key(key));
-        call.arg(now).arg(until).arg(pexpire);
-        let reply: Value = bounded(
+        let mut call = self.claim.call();
+        call.key(self.redis_key(key))
+            .arg(now)
+            .arg(until)
+            .arg(pexpire);
+        let reply = bounded(
             "claim",
             self.options.operation_timeout,
-            call.invoke_async(&mut conn),
+            call.invoke(&mut conn),
         )
         .await?;
         parse_claim(reply)
@@ -364,18 +365,19 @@ impl ReplayStore for RedisStore {
     ) -> Result<(), StoreError> {
         let (_, until, pexpire) = self.times(ttl);
         let mut conn = self.conn.clone();
-        let mut call = self.complete.key(self.redis_key(key));
-        call.arg(until)
+        let mut call = self.complete.call();
+        call.key(self.redis_key(key))
+            .arg(until)
             .arg(pexpire)
             .arg(response.status)
             .arg(response.body.as_slice());
         for (name, value) in &response.headers {
             call.arg(name.as_bytes()).arg(value.as_slice());
         }
-        let _: Value = bounded(
+        bounded(
             "complete",
             self.options.operation_timeout,
-            call.invoke_async(&mut conn),
+            call.invoke(&mut conn),
         )
         .await?;
         Ok(())
@@ -383,11 +385,12 @@ impl ReplayStore for RedisStore {
 
     async fn release(&self, key: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let call = self.release.key(self.redis_key(key));
-        let _: Value = bounded(
+        let mut call = self.release.call();
+        call.key(self.redis_key(key));
+        bounded(
             "release",
             self.options.operation_timeout,
-            call.invoke_async(&mut conn),
+            call.invoke(&mut conn),
         )
         .await?;
         Ok(())

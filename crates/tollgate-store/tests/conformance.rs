@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_store::conformance::{Reopenable, Subject};
-use tollgate_store::redis_server::RedisServer;
+use tollgate_store::redis_server::{patient_options, RedisCluster, RedisServer, TestPki};
 use tollgate_store::{
     Durability, ManualClock, MemoryStore, RedisOptions, RedisStore, ReplayStore, SqliteOptions,
     SqliteStore,
@@ -42,10 +42,36 @@ async fn redis(clock: Arc<ManualClock>) -> Subject {
     Subject::new(store).keep_alive(server)
 }
 
+/// Over TLS (`rediss://`), trusting the private CA that signed the server's certificate.
+async fn redis_tls(clock: Arc<ManualClock>) -> Subject {
+    let pki = TestPki::generate().unwrap_or_else(|e| panic!("{e}"));
+    let server = RedisServer::start_tls(&pki, false).unwrap_or_else(|e| panic!("{e}"));
+    let target = server
+        .tls_target(&pki, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let store = RedisStore::connect_to(&target, patient_options(clock))
+        .await
+        .unwrap_or_else(|e| panic!("connect to the private TLS redis-server: {e}"));
+    Subject::new(store).keep_alive((server, pki))
+}
+
+/// Each case gets its own private three-primary Redis Cluster, so event keys land on every
+/// node.
+async fn redis_cluster(clock: Arc<ManualClock>) -> Subject {
+    let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let target = cluster.target().unwrap_or_else(|e| panic!("{e}"));
+    let store = RedisStore::connect_to(&target, patient_options(clock))
+        .await
+        .unwrap_or_else(|e| panic!("connect to the private cluster: {e}"));
+    Subject::new(store).keep_alive(cluster)
+}
+
 tollgate_store::conformance_suite!(memory_backend, memory);
 tollgate_store::conformance_suite!(sqlite_always_backend, sqlite_always);
 tollgate_store::conformance_suite!(sqlite_batch_backend, sqlite_batch);
 tollgate_store::conformance_suite!(redis_backend, redis);
+tollgate_store::conformance_suite!(redis_tls_backend, redis_tls);
+tollgate_store::conformance_suite!(redis_cluster_backend, redis_cluster);
 
 /// Reopens one file, with a short lock wait so the refused-second-owner case is quick (a dropped
 /// owner's writer thread releases the lock within milliseconds).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tollgate_store::queue_conformance::QueueSubject;
-use tollgate_store::redis_server::RedisServer;
+use tollgate_store::redis_server::{patient_options, RedisCluster, RedisServer, TestPki};
 use tollgate_store::{
     Durability, ManualClock, MemoryQueue, QueueOptions, RedisOptions, RedisQueue, SqliteQueue,
 };
@@ -40,7 +40,33 @@ async fn redis(clock: Arc<ManualClock>) -> QueueSubject {
     QueueSubject::new(queue).keep_alive(server)
 }
 
+/// Over TLS (`rediss://`), trusting the private CA that signed the server's certificate.
+async fn redis_tls(clock: Arc<ManualClock>) -> QueueSubject {
+    let pki = TestPki::generate().unwrap_or_else(|e| panic!("{e}"));
+    let server = RedisServer::start_tls(&pki, false).unwrap_or_else(|e| panic!("{e}"));
+    let target = server
+        .tls_target(&pki, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let queue = RedisQueue::connect_to(&target, patient_options(clock))
+        .await
+        .unwrap_or_else(|e| panic!("connect to the private TLS redis-server: {e}"));
+    QueueSubject::new(queue).keep_alive((server, pki))
+}
+
+/// Each case gets its own private three-primary Redis Cluster, so routes, event ids and the
+/// queue's metadata land on different nodes.
+async fn redis_cluster(clock: Arc<ManualClock>) -> QueueSubject {
+    let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let target = cluster.target().unwrap_or_else(|e| panic!("{e}"));
+    let queue = RedisQueue::connect_to(&target, patient_options(clock))
+        .await
+        .unwrap_or_else(|e| panic!("connect to the private cluster: {e}"));
+    QueueSubject::new(queue).keep_alive(cluster)
+}
+
 tollgate_store::queue_conformance_suite!(memory_queue, memory);
 tollgate_store::queue_conformance_suite!(sqlite_always_queue, sqlite_always);
 tollgate_store::queue_conformance_suite!(sqlite_batch_queue, sqlite_batch);
 tollgate_store::queue_conformance_suite!(redis_queue, redis);
+tollgate_store::queue_conformance_suite!(redis_tls_queue, redis_tls);
+tollgate_store::queue_conformance_suite!(redis_cluster_queue, redis_cluster);

@@ -12,7 +12,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_unavailable, start, wait_until_usable, within, LEASE, START_MS};
+use common::{
+    assert_unavailable, kill_and_restart, start, wait_until_usable, within, LEASE, START_MS,
+};
 use tokio::sync::Barrier;
 use tollgate_store::conformance::awkward_response;
 use tollgate_store::redis_server::{Persistence, RedisServer};
@@ -76,18 +78,7 @@ async fn restarted_server_is_reconnected_by_the_same_store() {
     let mut server = start(Persistence::None);
     let clock = ManualClock::new(START_MS);
     let store = store(&server, &clock).await;
-    assert_eq!(store.claim("k", LEASE).await.unwrap(), Claim::Claimed);
-
-    server.kill();
-    assert_unavailable("claim", within("claim", store.claim("k2", LEASE)).await);
-    server.restart().unwrap();
-    wait_until_usable("the store", "ping", || store.ping()).await;
-
-    // The scripts are gone from the new server's cache: EVALSHA must fall back to loading them.
-    assert_eq!(
-        within("claim", store.claim("k2", LEASE)).await.unwrap(),
-        Claim::Claimed
-    );
+    kill_and_restart(&mut server, &store).await;
     assert_eq!(
         within("claim", store.claim("k2", LEASE)).await.unwrap(),
         Claim::InFlight

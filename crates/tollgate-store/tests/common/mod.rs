@@ -1,12 +1,14 @@
-//! Helpers shared by the Redis fault tests (`redis_faults.rs`, `queue_redis_faults.rs`): a
-//! private server, a cap on every operation, the fail-closed check and a bounded wait for a
-//! restarted server to be used again.
+//! Helpers shared by the Redis fault tests (`redis_faults.rs`, `queue_redis_faults.rs`,
+//! `redis_tls.rs`, `redis_cluster.rs`): a private server, a cap on every operation, the
+//! fail-closed check, a bounded wait for a restarted server to be used again, and the
+//! kill-and-restart round the plain and the TLS store both go through. Each file uses some.
+#![allow(dead_code)]
 
 use std::future::Future;
 use std::time::Duration;
 
 use tollgate_store::redis_server::{Persistence, RedisServer};
-use tollgate_store::StoreError;
+use tollgate_store::{Claim, RedisStore, ReplayStore, StoreError};
 
 pub const LEASE: Duration = Duration::from_secs(30);
 pub const START_MS: u64 = 1_700_000_000_000;
@@ -48,4 +50,19 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{who} never reconnected to the restarted server");
+}
+
+/// Claims `k` on `store`, kills `server`, checks that a claim of `k2` fails closed, restarts the
+/// server and waits until the same store uses it again, then claims `k2` there.
+pub async fn kill_and_restart(server: &mut RedisServer, store: &RedisStore) {
+    assert_eq!(store.claim("k", LEASE).await.unwrap(), Claim::Claimed);
+    server.kill();
+    assert_unavailable("claim", within("claim", store.claim("k2", LEASE)).await);
+    server.restart().unwrap();
+    wait_until_usable("the store", "ping", || store.ping()).await;
+    // The scripts are gone from the new server's cache: EVALSHA must fall back to EVAL.
+    assert_eq!(
+        within("claim", store.claim("k2", LEASE)).await.unwrap(),
+        Claim::Claimed
+    );
 }

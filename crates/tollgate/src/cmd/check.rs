@@ -1,10 +1,10 @@
-//! `tollgate check`: load a config as `serve` would and print its weaknesses. Errors exit 1;
-//! warnings exit 0, or 1 with `--strict`.
+//! `tollgate check`: load a config as `serve` would (the Redis TLS files included) and print its
+//! weaknesses. Errors exit 1; warnings exit 0, or 1 with `--strict`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tollgate_config::{lints, Config, ProcessEnv};
+use tollgate_config::{lints, Config, ProcessEnv, StateBackend};
 
 /// Arguments of `tollgate check`.
 #[derive(Debug, clap::Args)]
@@ -28,6 +28,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    // The Redis TLS files are read at start: check them as serve would.
+    if let StateBackend::Redis(redis) = &config.state {
+        if let Err(e) = super::serve::redis_target(redis) {
+            eprintln!("error: {}: {e:#}", args.config.display());
+            return Ok(ExitCode::from(1));
+        }
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

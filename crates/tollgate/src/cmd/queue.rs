@@ -187,11 +187,11 @@ pub fn open(state: &StateBackend) -> anyhow::Result<Arc<dyn EventQueue>> {
         }
         StateBackend::Redis(redis) => {
             // Connects on first use, like the replay store: serving starts even while Redis is down.
-            let q = tollgate_store::RedisQueue::new(
-                redis.url.expose(),
-                super::serve::redis_options(redis),
-            )
-            .map_err(|e| anyhow::anyhow!("redis queue at {}: {e}", redis.url.redacted()))?;
+            let target = super::serve::redis_target(redis)?;
+            let q = tollgate_store::RedisQueue::at(&target, super::serve::redis_options(redis))
+                .map_err(|e| {
+                    anyhow::anyhow!("redis queue at {}: {e}", super::serve::redis_shown(redis))
+                })?;
             Ok(Arc::new(q))
         }
     }

@@ -13,7 +13,8 @@ use tollgate_config::{Config, Env, ProcessEnv, RedisState, StateBackend};
 use tollgate_gateway::delivery::DeliveryOptions;
 use tollgate_gateway::{metrics, telemetry, tls, Gateway};
 use tollgate_store::{
-    Claim, EventQueue, RedisOptions, RedisStore, ReplayStore, StoreError, StoredResponse,
+    Claim, EventQueue, RedisOptions, RedisStore, RedisTarget, RedisTls, ReplayStore, StoreError,
+    StoredResponse,
 };
 
 /// Arguments of `tollgate serve`.
@@ -54,7 +55,7 @@ fn open_store(state: &StateBackend) -> anyhow::Result<Arc<dyn ReplayStore>> {
                 .with_context(|| format!("cannot open the state database {}", path.display()))?;
             Ok(Arc::new(store))
         }
-        StateBackend::Redis(redis) => Ok(Arc::new(LazyRedisStore::new(redis))),
+        StateBackend::Redis(redis) => Ok(Arc::new(LazyRedisStore::new(redis)?)),
     }
 }
 
@@ -64,8 +65,8 @@ fn open_store(state: &StateBackend) -> anyhow::Result<Arc<dyn ReplayStore>> {
 /// [`RedisStore`] reconnects by itself.
 struct LazyRedisStore {
     /// Holds the password, if any: only ever passed to the client.
-    url: String,
-    /// `url` with its password masked, for logs.
+    target: RedisTarget,
+    /// Where, with the password masked, for logs.
     shown: String,
     options: RedisOptions,
     store: OnceCell<RedisStore>,
@@ -90,15 +91,57 @@ pub(crate) fn redis_options(state: &RedisState) -> RedisOptions {
     options
 }
 
+/// The Redis node or cluster `[state]` names, with its TLS files read and checked now: a
+/// missing or unreadable file, or one that is not PEM, stops the start (and fails `tollgate
+/// check`) with the key's name, instead of showing later as refused connections.
+pub(crate) fn redis_target(state: &RedisState) -> anyhow::Result<RedisTarget> {
+    let url = state.url.expose();
+    let target = if state.cluster {
+        RedisTarget::cluster(url, &state.cluster_nodes)
+    } else {
+        RedisTarget::node(url)
+    }
+    .map_err(|e| anyhow!("[state] url {}: {}", state.url.redacted(), e.reason()))?;
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("[state] {key}: reading {}", path.display()))
+    };
+    let tls = &state.tls;
+    if tls.ca.is_none() && tls.client.is_none() {
+        return Ok(target);
+    }
+    let material = RedisTls {
+        ca: tls.ca.as_deref().map(|p| read("tls_ca", p)).transpose()?,
+        client: match &tls.client {
+            Some((cert, key)) => Some((read("tls_cert", cert)?, read("tls_key", key)?)),
+            None => None,
+        },
+    };
+    target
+        .with_tls(material)
+        .map_err(|e| anyhow!("[state] tls_ca / tls_cert / tls_key: {}", e.reason()))
+}
+
+/// How the log names the Redis state store.
+pub(crate) fn redis_shown(state: &RedisState) -> String {
+    if state.cluster {
+        format!(
+            "{} (cluster, {} more seed nodes)",
+            state.url.redacted(),
+            state.cluster_nodes.len()
+        )
+    } else {
+        state.url.redacted()
+    }
+}
+
 impl LazyRedisStore {
-    fn new(state: &RedisState) -> Self {
-        let options = redis_options(state);
-        Self {
-            url: state.url.expose().to_owned(),
-            shown: state.url.redacted(),
-            options,
+    fn new(state: &RedisState) -> anyhow::Result<Self> {
+        Ok(Self {
+            target: redis_target(state)?,
+            shown: redis_shown(state),
+            options: redis_options(state),
             store: OnceCell::new(),
-        }
+        })
     }
 
     /// The connected store; connects first if no connection was ever made. A failed attempt
@@ -111,12 +154,14 @@ impl LazyRedisStore {
         // take (a silent, firewalled Redis would otherwise make the queue grow).
         let limit = self.options.operation_timeout;
         let init = self.store.get_or_try_init(|| async {
-            let r = RedisStore::connect_with(&self.url, self.options.clone()).await;
+            let r = RedisStore::connect_to(&self.target, self.options.clone()).await;
             match &r {
                 Ok(_) => tracing::info!(redis = %self.shown, "connected to the Redis state store"),
-                Err(e) => {
-                    tracing::warn!(redis = %self.shown, error = %e, "Redis state store unreachable")
-                }
+                Err(e) => tracing::warn!(
+                    redis = %self.shown,
+                    error = %e.reason(),
+                    "Redis state store unreachable"
+                ),
             }
             r
         });

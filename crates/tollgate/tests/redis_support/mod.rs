@@ -117,11 +117,42 @@ impl Tollgate {
         status: u16,
         route_extra: &str,
     ) -> Self {
+        Self::launch(redis_url, upstream, status, ["", route_extra], "info").await
+    }
+
+    /// Starts tollgate like [`Tollgate::start_with`] with `state_extra` (TOML lines) appended to
+    /// `[state]` (TLS files, cluster keys), logging at debug level so that a secret in any log
+    /// line, the Redis client's included, shows in [`Tollgate::log`].
+    pub async fn start_full(
+        redis_url: &str,
+        upstream: SocketAddr,
+        status: u16,
+        state_extra: &str,
+        route_extra: &str,
+    ) -> Self {
+        Self::launch(
+            redis_url,
+            upstream,
+            status,
+            [state_extra, route_extra],
+            "debug",
+        )
+        .await
+    }
+
+    /// Starts with `[state extra, route extra]` and `RUST_LOG=rust_log`, and waits for `/readyz`.
+    async fn launch(
+        redis_url: &str,
+        upstream: SocketAddr,
+        status: u16,
+        [state_extra, route_extra]: [&str; 2],
+        rust_log: &str,
+    ) -> Self {
         let mut last = String::new();
         // Ports are found by binding port 0 and letting go: another process may take one first,
         // then tollgate exits and we try fresh ports (bounded).
         for _ in 0..5 {
-            let mut t = Self::spawn(redis_url, upstream, route_extra);
+            let mut t = Self::spawn(redis_url, upstream, [state_extra, route_extra], rust_log);
             match t.wait_readyz(status).await {
                 Ok(()) => return t,
                 Err(e) => {
@@ -133,7 +164,12 @@ impl Tollgate {
         panic!("tollgate did not become ready: {last}");
     }
 
-    fn spawn(redis_url: &str, upstream: SocketAddr, route_extra: &str) -> Self {
+    fn spawn(
+        redis_url: &str,
+        upstream: SocketAddr,
+        [state_extra, route_extra]: [&str; 2],
+        rust_log: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
@@ -150,6 +186,7 @@ backend = "redis"
 url = "env:TOLLGATE_TEST_REDIS_URL"
 key_prefix = "it:"
 operation_timeout_ms = 500
+{state_extra}
 
 [[route]]
 name = "hooks"
@@ -167,6 +204,7 @@ upstream_timeout_ms = 5000
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(BIN)
+            .env("RUST_LOG", rust_log)
             .args(["serve", "--config"])
             .arg(&path)
             .env("TOLLGATE_TEST_REDIS_URL", redis_url)
