@@ -332,6 +332,9 @@ fn tls_files(
     let mut file = |key: &str, value: &Option<String>| -> Option<PathBuf> {
         let path = PathBuf::from(value.as_ref()?);
         let problem = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && key == "tls_key" && group_or_other_readable(&m) => {
+                format!("is readable by group or others (a private key); chmod 600 it")
+            }
             Ok(m) if m.is_file() => return Some(path),
             Ok(_) => "is not a file".to_owned(),
             Err(e) => e.to_string(),
@@ -373,6 +376,20 @@ fn tls_files(
     }
     let client = cert.zip(key);
     ok.then_some(RedisTlsFiles { ca, client })
+}
+
+/// Whether a file's mode lets anyone but its owner read it (never on non-Unix systems).
+fn group_or_other_readable(meta: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o077 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        false
+    }
 }
 
 /// Resolves `env:NAME` / `file:PATH` / the literal and checks it is a URL this build can use.

@@ -456,7 +456,29 @@ fn tls_files() -> tempfile::TempDir {
     for f in ["ca.pem", "client.pem", "client.key"] {
         std::fs::write(dir.path().join(f), "").unwrap();
     }
+    let key = dir.path().join("client.key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     dir
+}
+
+#[test]
+fn redis_client_key_readable_by_others_is_refused() {
+    let dir = tls_files();
+    let key = dir.path().join("client.key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let d = dir.path().display();
+    let e = env(&[("SW_SECRET", KEY), ("REDIS_URL", "rediss://10.0.0.1:7000")]);
+    let state = format!(
+        "backend = \"redis\"\nurl = \"env:REDIS_URL\"\n\
+         tls_cert = \"{d}/client.pem\"\ntls_key = \"{d}/client.key\""
+    );
+    let err = load(&redis_toml(&state), &e).unwrap_err().to_string();
+    assert!(
+        err.contains("state.tls_key") && err.contains("chmod 600"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -29,6 +29,9 @@ pub enum TlsError {
     /// The client CA cannot verify anything.
     #[error("client CA: {0}")]
     ClientCa(String),
+    /// The private key file can be read by others than its owner.
+    #[error("{0}: the private key is readable by group or others; chmod 600 it")]
+    KeyReadable(String),
 }
 
 /// An acceptor from the config's PEM files.
@@ -40,6 +43,17 @@ pub fn acceptor(cfg: &tollgate_config::Tls) -> Result<TlsAcceptor, TlsError> {
         })
     };
     let ca = cfg.client_ca.as_deref().map(read).transpose()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&cfg.key).map_err(|source| TlsError::Read {
+            path: cfg.key.display().to_string(),
+            source,
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(TlsError::KeyReadable(cfg.key.display().to_string()));
+        }
+    }
     acceptor_from_pem(&read(&cfg.cert)?, &read(&cfg.key)?, ca.as_deref())
 }
 
@@ -80,4 +94,32 @@ pub fn acceptor_from_pem(
     let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(all(test, unix))]
+mod key_file_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_private_key_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).expect("write");
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write");
+        let cfg = tollgate_config::Tls {
+            cert: cert_path,
+            key: key_path.clone(),
+            client_ca: None,
+        };
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let Err(err) = acceptor(&cfg) else {
+            panic!("a group-readable key must be refused")
+        };
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        acceptor(&cfg).expect("owner-only key");
+    }
 }
