@@ -9,6 +9,7 @@
 //! caller's runtime.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,45 @@ struct Local {
     upstreams: stage::forward::Upstreams,
 }
 
+/// The open connections of each serving thread, so that a thread with more than its share lets
+/// the others take the next connection. All threads wait on one listening socket and the kernel
+/// wakes them all; whichever is scheduled first accepts, which with keep-alive clients (a
+/// provider's, a load balancer's) left one thread with 60 % of the connections and the p99 of a
+/// saturated core while the other had room.
+#[derive(Debug, Clone)]
+struct Balance {
+    open: Arc<[AtomicUsize]>,
+    me: usize,
+}
+
+/// How long a thread over its share waits before accepting anyway (another thread may be busy
+/// or gone; nobody waits longer than this for the accept).
+const YIELD_ACCEPT: Duration = Duration::from_micros(300);
+
+impl Balance {
+    fn over_share(&self) -> bool {
+        let mine = self.open[self.me].load(Ordering::Relaxed);
+        self.open
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != self.me && n.load(Ordering::Relaxed) < mine)
+    }
+
+    fn opened(&self) -> OpenGuard {
+        self.open[self.me].fetch_add(1, Ordering::Relaxed);
+        OpenGuard(self.clone())
+    }
+}
+
+/// Counts a connection as open on its thread until dropped.
+struct OpenGuard(Balance);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open[self.0.me].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Gateway {
     /// Serves the public listener until `shutdown` resolves, then stops accepting and waits up
     /// to `drain_timeout_secs` for in-flight requests. Upstream connections are made and pooled
@@ -39,6 +79,16 @@ impl Gateway {
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
         shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        self.serve_shared(listener, tls, shutdown, None).await
+    }
+
+    async fn serve_shared(
+        &self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: impl Future<Output = ()>,
+        balance: Option<Balance>,
     ) -> std::io::Result<()> {
         let config = self.config();
         let header_timeout = Duration::from_millis(config.server.header_timeout_ms);
@@ -57,6 +107,12 @@ impl Gateway {
         });
         tokio::pin!(shutdown);
         loop {
+            if balance.as_ref().is_some_and(Balance::over_share) {
+                tokio::select! {
+                    () = tokio::time::sleep(YIELD_ACCEPT) => {}
+                    () = &mut shutdown => break,
+                }
+            }
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -74,7 +130,9 @@ impl Gateway {
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();
+            let open = balance.as_ref().map(Balance::opened);
             tokio::spawn(async move {
+                let _open = open;
                 let conn = Conn {
                     peer,
                     tls: tls.is_some(),
@@ -169,6 +227,7 @@ impl Gateway {
     ) -> std::io::Result<Workers> {
         listener.set_nonblocking(true)?;
         let (exit, _) = watch::channel(false);
+        let open: Arc<[AtomicUsize]> = (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect();
         let mut spawned = Workers {
             drained: Vec::new(),
             threads: Vec::new(),
@@ -186,6 +245,10 @@ impl Gateway {
             let mut stop = stop.clone();
             let tls = tls.clone();
             let gateway = self.clone();
+            let balance = Balance {
+                open: Arc::clone(&open),
+                me: i,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("tollgate-worker-{i}"))
                 .spawn(move || {
@@ -193,9 +256,14 @@ impl Gateway {
                         let result = match TcpListener::from_std(listener) {
                             Ok(listener) => {
                                 gateway
-                                    .serve(listener, tls, async move {
-                                        let _ = stop.wait_for(|s| *s).await;
-                                    })
+                                    .serve_shared(
+                                        listener,
+                                        tls,
+                                        async move {
+                                            let _ = stop.wait_for(|s| *s).await;
+                                        },
+                                        Some(balance),
+                                    )
                                     .await
                             }
                             Err(e) => Err(e),
@@ -234,5 +302,30 @@ impl Workers {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_over_its_share_defers_until_its_connections_close() {
+        let open: Arc<[AtomicUsize]> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+        let a = Balance {
+            open: Arc::clone(&open),
+            me: 0,
+        };
+        let b = Balance { open, me: 1 };
+        assert!(!a.over_share() && !b.over_share());
+        let first = a.opened();
+        assert!(a.over_share(), "one more than the other thread");
+        assert!(!b.over_share());
+        let second = b.opened();
+        assert!(!a.over_share() && !b.over_share());
+        drop(second);
+        assert!(a.over_share());
+        drop(first);
+        assert!(!a.over_share());
     }
 }
