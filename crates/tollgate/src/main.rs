@@ -10,12 +10,6 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
 
-// glibc's malloc was ≈ 6 % of the gateway's CPU under load (many small, short-lived allocations
-// per request, freed on the thread that made them); mimalloc's thread-local free lists do the
-// same work for less (docs/performance.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Webhook firewall for Twilio, SignalWire, Plivo, Telnyx, Vonage, Sinch and Standard Webhooks senders.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about, propagate_version = true)]
