@@ -253,6 +253,12 @@ pub trait EventQueue: Send + Sync + fmt::Debug + 'static {
     /// An id already held is a no-op answering [`Enqueued::Duplicate`].
     async fn enqueue(&self, event: &QueuedEvent) -> Result<Enqueued, StoreError>;
 
+    /// [`enqueue`](EventQueue::enqueue) of an event the caller has no further use for, which a
+    /// backend may keep without copying it (the SQLite queue moves it to its writer thread).
+    async fn enqueue_owned(&self, event: QueuedEvent) -> Result<Enqueued, StoreError> {
+        self.enqueue(&event).await
+    }
+
     /// Leases up to `max` due events (of `route` only, if given) for `lease_for`, earliest due
     /// first. Never returns an event whose `order_key` line has an earlier event pending or
     /// leased, so a line has at most one event in flight.

@@ -52,11 +52,6 @@ const PURGE_CHUNK: i64 = 2048;
 /// checkpointer thread cannot keep up, since a checkpoint on the writer stalls every enqueue.
 const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
 
-/// The writer's page cache, KiB. SQLite's default (2 MiB) is smaller than the id index of a
-/// few hundred thousand events, whose pages every enqueue visits at random: each miss cost a
-/// read of the file.
-const CACHE_KIB: u32 = 16 * 1024;
-
 /// How often the checkpointer thread copies committed WAL pages into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
@@ -124,8 +119,7 @@ impl SqliteQueue {
         let conn = open_wal(&path, options.durability, options.busy_timeout)?;
         migrate(&conn, &path)?;
         conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};
-             PRAGMA cache_size = -{CACHE_KIB};"
+            "PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"
         ))
         .map_err(|e| open_error(&path, e))?;
         let checkpointer = spawn_checkpointer(&path, &options);
@@ -246,6 +240,10 @@ fn unexpected(what: &str, reply: &Reply) -> StoreError {
 #[async_trait::async_trait]
 impl EventQueue for SqliteQueue {
     async fn enqueue(&self, event: &QueuedEvent) -> Result<Enqueued, StoreError> {
+        self.enqueue_owned(event.clone()).await
+    }
+
+    async fn enqueue_owned(&self, event: QueuedEvent) -> Result<Enqueued, StoreError> {
         match self.call(Op::Enqueue(Box::new(NewRow::of(event)))).await? {
             Reply::Enqueued(e) => Ok(e),
             other => Err(unexpected("enqueue", &other)),
@@ -689,16 +687,16 @@ struct NewRow {
 }
 
 impl NewRow {
-    fn of(e: &QueuedEvent) -> Self {
+    fn of(e: QueuedEvent) -> Self {
         Self {
-            id: e.id.clone(),
-            route: e.route.clone(),
-            method: e.method.clone(),
-            url: e.url.clone(),
             headers: encode_headers(&e.headers),
-            body: e.body.clone(),
+            id: e.id,
+            route: e.route,
+            method: e.method,
+            url: e.url,
+            body: e.body,
             received_at_ms: to_sql_ms(e.received_at_ms),
-            order_key: e.order_key.clone(),
+            order_key: e.order_key,
         }
     }
 }
