@@ -10,11 +10,6 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
 
-// Requests are built on one thread and freed on another (the queue's writer, the delivery
-// thread); mimalloc handles that without glibc's arena locking and chunk consolidation.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Webhook firewall for Twilio, SignalWire, Plivo, Telnyx, Vonage, Sinch and Standard Webhooks senders.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about, propagate_version = true)]
