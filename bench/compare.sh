@@ -55,27 +55,6 @@ fi
 # ---- temp dir, processes, cleanup ------------------------------------------------------------
 bench_workdir tollgate-bench
 
-# utime + stime (clock ticks) summed over the given pids.
-cpu_ticks() {
-    local t=0 p v
-    for p in "$@"; do
-        v=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')
-        t=$((t + v))
-    done
-    echo "$t"
-}
-
-# kB of a /proc/<pid>/status field (VmRSS, VmHWM) summed over the given pids.
-mem_kb() {
-    local field=$1 t=0 p v
-    shift
-    for p in "$@"; do
-        v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$p/status")
-        t=$((t + ${v:-0}))
-    done
-    echo "$t"
-}
-
 export TOLLGATE_BENCH_TWILIO_TOKEN
 TOLLGATE_BENCH_TWILIO_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Helpers shared by the bench scripts (compare.sh, queue.sh): logging, the temp dir with the
-# started processes and their cleanup, free loopback ports. Source it after ROOT is set:
+# started processes and their cleanup, free loopback ports, CPU and memory of processes. Source it after ROOT is set:
 #   source "$ROOT/bench/lib.sh"
 # Defines functions only; `bench_workdir` sets WORK, PIDS and the exit traps.
 
@@ -48,4 +48,25 @@ stop() {
     wait "$p" 2>/dev/null || true
     for q in "${PIDS[@]}"; do [[ "$q" == "$p" ]] || keep+=("$q"); done
     PIDS=("${keep[@]}")
+}
+
+# utime + stime (clock ticks) summed over the given pids.
+cpu_ticks() {
+    local t=0 p v
+    for p in "$@"; do
+        v=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')
+        t=$((t + v))
+    done
+    echo "$t"
+}
+
+# kB of a /proc/<pid>/status field (VmRSS, VmHWM) summed over the given pids.
+mem_kb() {
+    local field=$1 t=0 p v
+    shift
+    for p in "$@"; do
+        v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$p/status")
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
 }

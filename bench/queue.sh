@@ -119,7 +119,8 @@ metric() { # name label-filter
 }
 
 SEQ=0
-printf 'round\tbinary\ttarget\tacks_per_s\tp99_ms\tanswered\tok\tnon2xx\tdrained_after_s\n' >"$WORK/results.tsv"
+TICK=$(getconf CLK_TCK)
+printf 'round\tbinary\ttarget\tacks_per_s\tp99_ms\tanswered\tok\tnon2xx\tdrained_after_s\tcpu_us_per_event\tpeak_rss_kb\n' >"$WORK/results.tsv"
 measure() { # round binary-label binary target
     local round=$1 blabel=$2 bin=$3 target=$4 out line kv rps p99 answered ok non2xx drained=-
     case $target in
@@ -131,6 +132,8 @@ measure() { # round binary-label binary target
     esac
     SEQ=$((SEQ + 1))
     out="$WORK/r$round-$blabel-$target.out"
+    local c0 cpu=- hwm=-
+    c0=$(cpu_ticks "$SERVER_PID")
     "$NEW" bench load --config "$SIGN_CONFIG" --route twilio --url "$PUBLIC_URL" \
         --target "http://127.0.0.1:$TARGET_PORT" -c "$CONNS" --threads 2 -d "$DURATION" \
         -n "$REQUESTS" --seed "q$SEQ-$RANDOM$RANDOM" --label "$blabel-$target" >"$out" 2>&1 ||
@@ -161,8 +164,15 @@ measure() { # round binary-label binary target
             sleep 0.1
         done
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$blabel" "$target" "$rps" "$p99" \
-        "$answered" "$ok" "$non2xx" "$drained" >>"$WORK/results.tsv"
+    # tollgate's CPU from the load's start until the queue drained (acceptance and delivery), per
+    # answer; nginx's work is in its worker processes, not measured here.
+    if [[ $target != nginx ]]; then
+        cpu=$(awk -v d=$(($(cpu_ticks "$SERVER_PID") - c0)) -v n="$answered" -v t="$TICK" \
+            'BEGIN{printf "%.1f", n ? d * 1e6 / t / n : 0}')
+        hwm=$(mem_kb VmHWM "$SERVER_PID")
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$blabel" "$target" "$rps" "$p99" \
+        "$answered" "$ok" "$non2xx" "$drained" "$cpu" "$hwm" >>"$WORK/results.tsv"
     log "$(tail -1 "$WORK/results.tsv")"
     stop "$SERVER_PID"
 }

@@ -26,25 +26,36 @@
 //! the app deduplicates on `Idempotency-Key`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use http_body_util::Full;
-use tokio::sync::{watch, Semaphore};
+use metrics::{Counter, Histogram};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tollgate_config::{Config, Mode, QueueSettings, Route};
-use tollgate_store::{EventQueue, Leased, QueuedEvent, Settled, StoredResponse};
+use tollgate_store::{EventQueue, Leased, QueuedEvent, Settled, Settlement};
 
 use crate::stage::enqueue::{now_ms, TARGET};
-use crate::stage::forward::{app_signature, round_trip, upstream_uri};
+use crate::stage::forward::{app_signature, round_trip, upstream_uri, Upstream, Upstreams};
 use crate::{metrics as m, Gateway, GatewayError, Shared};
 
 /// Added to the upstream timeout for the lease, so a lease outlives its delivery attempt.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long the dispatcher waits, after a lease found the queue empty, before leasing again:
+/// events that arrive one at a time would otherwise be leased one at a time, a queue round trip
+/// (a write on SQLite) each; this gathers those arriving meanwhile into one lease.
+const LEASE_GATHER: Duration = Duration::from_millis(2);
+
+/// Most settlements sent to the queue in one call.
+const MAX_SETTLE_BATCH: usize = 256;
 
 /// Tuning of the delivery workers.
 #[derive(Debug, Clone)]
@@ -73,7 +84,8 @@ impl Default for DeliveryOptions {
 #[derive(Debug)]
 pub struct DeliveryHandle {
     stop: watch::Sender<bool>,
-    dispatcher: tokio::task::JoinHandle<()>,
+    /// Fires when the dispatcher has finished (deliveries drained and their leases settled).
+    done: oneshot::Receiver<()>,
     stats: tokio::task::JoinHandle<()>,
 }
 
@@ -83,36 +95,66 @@ impl DeliveryHandle {
     pub async fn shutdown(self, drain: Duration) {
         let _ = self.stop.send(true);
         self.stats.abort();
-        let mut dispatcher = self.dispatcher;
-        if tokio::time::timeout(drain + Duration::from_secs(1), &mut dispatcher)
-            .await
-            .is_err()
-        {
-            dispatcher.abort();
-        }
+        // The dispatcher bounds its own drain; the margin covers settling what finished.
+        let _ = tokio::time::timeout(drain + Duration::from_secs(1), self.done).await;
     }
 }
+
+type Work = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Gateway {
     /// Starts the delivery workers and the queue gauges; `None` when the gateway has no queue.
     /// `drain` is how long shutdown waits for deliveries in flight.
+    ///
+    /// The deliveries run on a thread of their own with a single-threaded event loop, as each
+    /// serving thread does: their upstream connections, the deliveries and the settling of their
+    /// leases hand work to each other without a cross-thread wake-up. Should the thread not
+    /// start, they run on the caller's runtime instead.
     pub fn spawn_delivery(&self, opts: DeliveryOptions, drain: Duration) -> Option<DeliveryHandle> {
         let queue = self.shared.queue.clone()?;
         let (stop, stop_rx) = watch::channel(false);
-        let dispatcher = tokio::spawn(dispatch(
-            Arc::clone(&self.shared),
-            Arc::clone(&queue),
-            opts.clone(),
-            stop_rx,
-            drain,
-        ));
+        let (done_tx, done) = oneshot::channel();
+        let shared = Arc::clone(&self.shared);
+        let q = Arc::clone(&queue);
+        let o = opts.clone();
+        let work: Work = Box::pin(async move {
+            dispatch(shared, q, o, stop_rx, drain).await;
+            let _ = done_tx.send(());
+        });
+        if let Err(work) = on_own_thread(work) {
+            tokio::spawn(work);
+        }
         let stats = tokio::spawn(refresh_gauges(Arc::clone(&self.shared), queue, opts));
-        Some(DeliveryHandle {
-            stop,
-            dispatcher,
-            stats,
-        })
+        Some(DeliveryHandle { stop, done, stats })
     }
+}
+
+/// Runs `work` on a new thread's single-threaded runtime; gives it back if there is none.
+fn on_own_thread(work: Work) -> Result<(), Work> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "no runtime for the delivery thread; delivering on the shared one");
+            return Err(work);
+        }
+    };
+    // The work is handed over once the thread runs, so it comes back if the thread cannot start.
+    let (hand, take) = std::sync::mpsc::channel::<Work>();
+    let started = std::thread::Builder::new()
+        .name("tollgate-delivery".into())
+        .spawn(move || {
+            if let Ok(work) = take.recv() {
+                runtime.block_on(work);
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "no delivery thread; delivering on the shared runtime");
+        return Err(work);
+    }
+    hand.send(work).map_err(|back| back.0)
 }
 
 /// Per-route worker state, kept across reloads by route name.
@@ -120,6 +162,60 @@ struct RouteState {
     slots: Arc<Semaphore>,
     concurrency: u32,
     breaker: Arc<Mutex<Breaker>>,
+    metrics: Arc<DeliveryMetrics>,
+}
+
+/// One route's delivery metric handles, resolved on first use (see `RouteMetrics`): a
+/// `counter!` with a route label allocates and hashes its labels on every call.
+#[derive(Debug)]
+struct DeliveryMetrics {
+    route: String,
+    outcomes: [OnceLock<Counter>; OUTCOMES.len()],
+    upstream_seconds: OnceLock<Histogram>,
+}
+
+/// `tollgate_delivery_attempts_total` outcomes.
+const OUTCOMES: [&str; 5] = ["delivered", "retry", "dead", "stale", "settle_failed"];
+
+impl DeliveryMetrics {
+    fn new(route: &str) -> Self {
+        Self {
+            route: route.to_owned(),
+            outcomes: Default::default(),
+            upstream_seconds: OnceLock::new(),
+        }
+    }
+
+    fn attempt(&self, outcome: &'static str) {
+        match OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.outcomes[i]
+                .get_or_init(|| {
+                    metrics::counter!(m::DELIVERIES, "route" => self.route.clone(), "outcome" => outcome)
+                })
+                .increment(1),
+            None => {
+                metrics::counter!(m::DELIVERIES, "route" => self.route.clone(), "outcome" => outcome)
+                    .increment(1)
+            }
+        }
+    }
+
+    fn upstream(&self, took: Duration) {
+        self.upstream_seconds
+            .get_or_init(|| metrics::histogram!(m::UPSTREAM_SECONDS, "route" => self.route.clone()))
+            .record(took.as_secs_f64());
+    }
+}
+
+/// A finished attempt, waiting to be settled: the lease, what to make of it, and the delivery
+/// slot it holds until then.
+struct Attempted {
+    lease: Leased,
+    to: Settlement,
+    /// The outcome counted once the settlement applied.
+    outcome: &'static str,
+    metrics: Arc<DeliveryMetrics>,
+    _slot: OwnedSemaphorePermit,
 }
 
 async fn dispatch(
@@ -129,6 +225,9 @@ async fn dispatch(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let upstreams = Arc::new(Upstreams::new());
+    let (attempted, to_settle) = mpsc::unbounded_channel();
+    let settler = tokio::spawn(settle(Arc::clone(&shared), Arc::clone(&queue), to_settle));
     let mut routes: HashMap<String, RouteState> = HashMap::new();
     let mut inflight = JoinSet::new();
     loop {
@@ -138,6 +237,7 @@ async fn dispatch(
         while inflight.try_join_next().is_some() {}
         let table = shared.table();
         let mut leased = 0usize;
+        let mut emptied = false;
         for route in table.routes.iter().filter(|r| r.mode == Mode::Queue) {
             let Some(settings) = route.queue.as_ref() else {
                 continue;
@@ -148,6 +248,7 @@ async fn dispatch(
                     slots: Arc::new(Semaphore::new(settings.concurrency as usize)),
                     concurrency: settings.concurrency,
                     breaker: Arc::new(Mutex::new(Breaker::new(&route.name))),
+                    metrics: Arc::new(DeliveryMetrics::new(&route.name)),
                 });
             if st.concurrency != settings.concurrency {
                 // Deliveries in flight keep their permits of the old semaphore.
@@ -184,32 +285,51 @@ async fn dispatch(
             if leases.is_empty() && gate == Gate::Probe {
                 lock(&st.breaker).probing = false;
             }
+            emptied |= leases.len() < max;
             for lease in leases {
-                let Ok(permit) = Arc::clone(&st.slots).try_acquire_owned() else {
+                let Ok(slot) = Arc::clone(&st.slots).try_acquire_owned() else {
                     // Cannot happen (only this task takes permits); the lease expires and the
                     // event comes back.
                     break;
                 };
                 leased += 1;
-                let shared = Arc::clone(&shared);
-                let queue = Arc::clone(&queue);
+                let attempted = attempted.clone();
+                let upstreams = Arc::clone(&upstreams);
                 let table = Arc::clone(&table);
                 let breaker = Arc::clone(&st.breaker);
+                let metrics = Arc::clone(&st.metrics);
                 let name = route.name.clone();
                 inflight.spawn(async move {
-                    if let Some(route) = table.route(&name) {
-                        deliver(&shared, queue.as_ref(), route, &breaker, lease).await;
+                    let mut lease = lease;
+                    let Some(route) = table.route(&name) else {
+                        return;
+                    };
+                    if let Some((to, outcome)) =
+                        deliver(&upstreams, route, &breaker, &metrics, &mut lease).await
+                    {
+                        // Only a gone settler (shutdown) refuses it; the lease then expires.
+                        let _ = attempted.send(Attempted {
+                            lease,
+                            to,
+                            outcome,
+                            metrics,
+                            _slot: slot,
+                        });
                     }
-                    drop(permit);
-                    shared.wake.notify_one();
                 });
             }
         }
-        if leased == 0 {
+        if leased == 0 || emptied {
             tokio::select! {
                 () = shared.wake.notified() => {}
                 () = tokio::time::sleep(opts.poll) => {}
                 _ = stop.changed() => {}
+            }
+            if emptied {
+                tokio::select! {
+                    () = tokio::time::sleep(LEASE_GATHER) => {}
+                    _ = stop.changed() => {}
+                }
             }
         }
     }
@@ -223,6 +343,45 @@ async fn dispatch(
             "deliveries still in flight at shutdown; their leases expire and they are delivered again after a restart"
         );
         inflight.abort_all();
+    }
+    // The settler ends once the last attempt is settled and every sender is gone.
+    drop(attempted);
+    drop(inflight);
+    let _ = settler.await;
+}
+
+/// Settles finished attempts in batches: whatever finished while the previous batch was being
+/// written goes into the next, one queue operation (one SQLite transaction) for all of them.
+async fn settle(
+    shared: Arc<Shared>,
+    queue: Arc<dyn EventQueue>,
+    mut to_settle: mpsc::UnboundedReceiver<Attempted>,
+) {
+    let mut attempts = Vec::with_capacity(MAX_SETTLE_BATCH);
+    while to_settle.recv_many(&mut attempts, MAX_SETTLE_BATCH).await > 0 {
+        let (batch, rest): (Vec<_>, Vec<_>) = attempts
+            .drain(..)
+            .map(|a| ((a.lease, a.to), (a.outcome, a.metrics, a._slot)))
+            .unzip();
+        let results = queue.settle_many(&batch).await;
+        for (((lease, _), (outcome, metrics, slot)), result) in batch.iter().zip(rest).zip(results)
+        {
+            let outcome = match result {
+                Ok(Settled::Applied) => outcome,
+                Ok(Settled::Stale) => "stale",
+                Err(e) => {
+                    metrics::counter!(m::QUEUE_ERRORS, "op" => "settle").increment(1);
+                    tracing::warn!(route = %metrics.route, error = %e, "settling a delivery failed; the lease will expire and the event be delivered again");
+                    "settle_failed"
+                }
+            };
+            metrics.attempt(outcome);
+            if outcome == "dead" {
+                tracing::warn!(route = %metrics.route, event = %lease.event.id, attempts = lease.attempts, "event dead-lettered");
+            }
+            drop(slot);
+        }
+        shared.wake.notify_one();
     }
 }
 
@@ -246,15 +405,14 @@ pub enum Verdict {
     Failed(String),
 }
 
-/// Classifies an attempt's result with the route's settings.
-pub fn verdict(result: &Result<StoredResponse, GatewayError>, q: &QueueSettings) -> Verdict {
+/// Classifies an attempt's result (the app's status, or why there was none) with the route's
+/// settings.
+pub fn verdict(result: Result<u16, &GatewayError>, q: &QueueSettings) -> Verdict {
     match result {
-        Ok(r) if (200..300).contains(&r.status) => Verdict::Delivered,
-        Ok(r) => {
-            let why = format!("upstream answered {}", r.status);
-            if q.dead_letter_on_4xx
-                && (400..500).contains(&r.status)
-                && !matches!(r.status, 408 | 429)
+        Ok(status) if (200..300).contains(&status) => Verdict::Delivered,
+        Ok(status) => {
+            let why = format!("upstream answered {status}");
+            if q.dead_letter_on_4xx && (400..500).contains(&status) && !matches!(status, 408 | 429)
             {
                 Verdict::Refused(why)
             } else {
@@ -284,39 +442,37 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// One attempt: posts the event to the app and says how to settle its lease and which outcome
+/// to count once settled (nothing for a route without queue settings: the lease runs out). The
+/// event's headers and body are moved into the request.
 async fn deliver(
-    shared: &Shared,
-    queue: &dyn EventQueue,
+    upstreams: &Upstreams,
     route: &Route,
     breaker: &Mutex<Breaker>,
-    lease: Leased,
-) {
-    let Some(q) = route.queue.as_ref() else {
-        return;
+    metrics: &DeliveryMetrics,
+    lease: &mut Leased,
+) -> Option<(Settlement, &'static str)> {
+    let q = route.queue.as_ref()?;
+    let verdict = match request(route, &mut lease.event) {
+        Ok(req) => {
+            let (result, took) = round_trip(upstreams, route, req).await;
+            metrics.upstream(took);
+            verdict(result.as_ref().map(|u: &Upstream| u.status.as_u16()), q)
+        }
+        // The event cannot be turned into a request for this upstream (its target no longer
+        // maps after a config change): retrying cannot help.
+        Err(e) => Verdict::Refused(format!("cannot build the request: {e}")),
     };
-    let ev = &lease.event;
-    let (result, sent) = match request(route, ev) {
-        Ok(req) => (round_trip(&shared.client, route, req).await, true),
-        Err(e) => (Err(e), false),
+    let age_ms = now_ms().saturating_sub(lease.event.received_at_ms);
+    let dead = |reason: &'static str| {
+        metrics::counter!(m::DEAD_LETTERS, "route" => route.name.clone(), "reason" => reason)
+            .increment(1);
     };
-    let verdict = if sent {
-        verdict(&result, q)
-    } else {
-        // The event cannot be turned into a request for this upstream (its target no longer maps
-        // after a config change): retrying cannot help.
-        Verdict::Refused(format!(
-            "cannot build the request: {}",
-            result.err().map(|e| e.to_string()).unwrap_or_default()
-        ))
-    };
-    let now = now_ms();
-    let age_ms = now.saturating_sub(ev.received_at_ms);
-    let (settled, outcome) = match &verdict {
-        Verdict::Delivered => (queue.ack(&lease).await, "delivered"),
+    let settled = match &verdict {
+        Verdict::Delivered => (Settlement::Delivered, "delivered"),
         Verdict::Refused(why) => {
-            metrics::counter!(m::DEAD_LETTERS, "route" => route.name.clone(), "reason" => "4xx")
-                .increment(1);
-            (queue.dead_letter(&lease, why).await, "dead")
+            dead("4xx");
+            (Settlement::Dead { error: why.clone() }, "dead")
         }
         Verdict::Failed(why) => {
             let out_of = if lease.attempts >= q.max_attempts {
@@ -328,41 +484,29 @@ async fn deliver(
             };
             match out_of {
                 Some(reason) => {
-                    metrics::counter!(m::DEAD_LETTERS, "route" => route.name.clone(), "reason" => reason)
-                        .increment(1);
-                    let why = format!("{why} (gave up: {reason}, {} attempts)", lease.attempts);
-                    (queue.dead_letter(&lease, &why).await, "dead")
+                    dead(reason);
+                    let error = format!("{why} (gave up: {reason}, {} attempts)", lease.attempts);
+                    (Settlement::Dead { error }, "dead")
                 }
                 None => {
-                    let at = now.saturating_add(backoff_ms(q, lease.attempts, jitter()));
-                    (queue.retry(&lease, at, why).await, "retry")
+                    let at_ms = now_ms().saturating_add(backoff_ms(q, lease.attempts, jitter()));
+                    let error = why.clone();
+                    (Settlement::Retry { at_ms, error }, "retry")
                 }
             }
         }
     };
-    let outcome = match settled {
-        Ok(Settled::Applied) => outcome,
-        Ok(Settled::Stale) => "stale",
-        Err(e) => {
-            metrics::counter!(m::QUEUE_ERRORS, "op" => "settle").increment(1);
-            tracing::warn!(route = %route.name, error = %e, "settling a delivery failed; the lease will expire and the event be delivered again");
-            "settle_failed"
-        }
-    };
-    metrics::counter!(m::DELIVERIES, "route" => route.name.clone(), "outcome" => outcome)
-        .increment(1);
-    if outcome == "dead" {
-        tracing::warn!(route = %route.name, event = %ev.id, attempts = lease.attempts, "event dead-lettered");
-    }
     lock(breaker).record(!matches!(verdict, Verdict::Failed(_)), q, Instant::now());
+    Some(settled)
 }
 
 /// The upstream request for a stored event: original method, mapped target, stored headers (minus
 /// tollgate's pseudo-headers), `Idempotency-Key` and `webhook-id` = the event id, and the
-/// Standard Webhooks signature with the route's `app_secret`.
+/// Standard Webhooks signature with the route's `app_secret`. The event's headers and body move
+/// into the request (the lease only needs the event's id and route afterwards).
 pub fn request(
     route: &Route,
-    ev: &QueuedEvent,
+    ev: &mut QueuedEvent,
 ) -> Result<http::Request<Full<Bytes>>, GatewayError> {
     let target = ev
         .headers
@@ -374,11 +518,14 @@ pub fn request(
     let method = http::Method::from_bytes(ev.method.as_bytes())
         .map_err(|_| GatewayError::BadRequest("stored method is not a method"))?;
     let mut headers = HeaderMap::with_capacity(ev.headers.len() + 4);
-    for (k, v) in &ev.headers {
+    for (k, v) in std::mem::take(&mut ev.headers) {
         if k.starts_with(':') {
             continue;
         }
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_bytes(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::try_from(k),
+            HeaderValue::from_maybe_shared(Bytes::from(v)),
+        ) {
             headers.append(k, v);
         }
     }
@@ -386,14 +533,13 @@ pub fn request(
     if let Ok(v) = HeaderValue::from_str(&id) {
         headers.insert(HeaderName::from_static("idempotency-key"), v);
     }
-    for (k, v) in app_signature(route, method.as_str(), &uri.to_string(), &ev.body, &id)? {
+    let body = Bytes::from(std::mem::take(&mut ev.body));
+    for (k, v) in app_signature(route, method.as_str(), &uri.to_string(), &body, &id)? {
         headers.insert(k, v);
     }
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Full::new(Bytes::copy_from_slice(&ev.body)))
-        .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
+    let mut req = http::Request::new(Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     Ok(req)
 }
@@ -568,26 +714,20 @@ mod tests {
     #[test]
     fn verdicts() {
         let q = settings();
-        let ans = |status| {
-            Ok(StoredResponse {
-                status,
-                headers: vec![],
-                body: vec![],
-            })
-        };
-        assert_eq!(verdict(&ans(204), &q), Verdict::Delivered);
+        let ans = Ok;
+        assert_eq!(verdict(ans(204), &q), Verdict::Delivered);
         assert_eq!(
-            verdict(&ans(404), &q),
+            verdict(ans(404), &q),
             Verdict::Refused("upstream answered 404".into())
         );
         for s in [408, 429, 500, 503, 302] {
             assert_eq!(
-                verdict(&ans(s), &q),
+                verdict(ans(s), &q),
                 Verdict::Failed(format!("upstream answered {s}"))
             );
         }
         assert_eq!(
-            verdict(&Err(GatewayError::UpstreamTimeout), &q),
+            verdict(Err(&GatewayError::UpstreamTimeout), &q),
             Verdict::Failed("upstream timed out".into())
         );
         let keep = QueueSettings {
@@ -595,7 +735,7 @@ mod tests {
             ..settings()
         };
         assert_eq!(
-            verdict(&ans(404), &keep),
+            verdict(ans(404), &keep),
             Verdict::Failed("upstream answered 404".into())
         );
     }

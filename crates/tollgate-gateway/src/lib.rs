@@ -30,13 +30,11 @@ pub mod tls;
 pub use error::GatewayError;
 
 /// What every request reads: the current route table (swapped on reload), the store, the
-/// upstream client and the limiters.
+/// queue and the limiters.
 #[derive(Debug)]
 pub(crate) struct Shared {
     table: RwLock<Arc<Table>>,
     pub(crate) store: Arc<dyn ReplayStore>,
-    /// The delivery workers' upstream client (each serving loop makes its own).
-    pub(crate) client: stage::forward::Client,
     pub(crate) failures: stage::rate_limit::FailureLimiter,
     pub(crate) diagnoses: stage::verify::DiagnosisBudget,
     /// The durable queue of `mode = "queue"` routes; without one they answer 503.
@@ -131,7 +129,6 @@ impl Gateway {
             shared: Arc::new(Shared {
                 table: RwLock::new(Arc::new(Table::new(config))),
                 store,
-                client: stage::forward::client(),
                 failures,
                 diagnoses: stage::verify::DiagnosisBudget::new(),
                 queue,

@@ -100,6 +100,8 @@ pub(crate) struct RouteMetrics {
     replayed: OnceLock<Counter>,
     queued: OnceLock<Counter>,
     duplicates: OnceLock<Counter>,
+    /// `tollgate_enqueued_total{result}`: new, duplicate.
+    enqueued: [OnceLock<Counter>; 2],
     verify_seconds: OnceLock<Histogram>,
     upstream_seconds: OnceLock<Histogram>,
     clock_skew: OnceLock<Gauge>,
@@ -115,6 +117,7 @@ impl RouteMetrics {
             replayed: OnceLock::new(),
             queued: OnceLock::new(),
             duplicates: OnceLock::new(),
+            enqueued: Default::default(),
             verify_seconds: OnceLock::new(),
             upstream_seconds: OnceLock::new(),
             clock_skew: OnceLock::new(),
@@ -148,6 +151,16 @@ impl RouteMetrics {
     pub(crate) fn duplicate(&self) {
         self.duplicates
             .get_or_init(|| metrics::counter!(DUPLICATES, "route" => self.route.clone()))
+            .increment(1);
+    }
+
+    /// `tollgate_enqueued_total{result}` for a stored event (`new`) or a known one.
+    pub(crate) fn enqueued(&self, new: bool) {
+        let result = if new { "new" } else { "duplicate" };
+        self.enqueued[usize::from(!new)]
+            .get_or_init(
+                || metrics::counter!(ENQUEUED, "route" => self.route.clone(), "result" => result),
+            )
             .increment(1);
     }
 

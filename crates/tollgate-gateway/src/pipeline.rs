@@ -130,7 +130,7 @@ async fn run<'t>(
                 )))
             }
         };
-        let enqueued = stage::enqueue::store(queue, route, &verified, &inc).await?;
+        let enqueued = stage::enqueue::store(queue, route, handles, &verified, &inc).await?;
         let ans = stage::enqueue::static_answer(&settings.response);
         return Ok(match enqueued {
             Enqueued::New => {

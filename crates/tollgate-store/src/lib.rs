@@ -43,7 +43,7 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use memory::MemoryStore;
 pub use queue::{
     Enqueued, EventQueue, EventStatus, LeaseToken, Leased, ListFilter, QueueEntry, QueueStats,
-    QueuedEvent, RouteStats, Settled,
+    QueuedEvent, RouteStats, Settled, Settlement,
 };
 pub use queue_memory::MemoryQueue;
 pub use queue_redis::RedisQueue;

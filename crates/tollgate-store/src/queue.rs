@@ -146,6 +146,25 @@ pub enum Settled {
     Stale,
 }
 
+/// How a lease ends, for [`EventQueue::settle_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// As [`EventQueue::ack`]: the app accepted the event.
+    Delivered,
+    /// As [`EventQueue::retry`]: pending again, due at `at_ms`.
+    Retry {
+        /// When the event is due again, unix ms.
+        at_ms: u64,
+        /// Why the attempt failed.
+        error: String,
+    },
+    /// As [`EventQueue::dead_letter`]: given up on, with `error`.
+    Dead {
+        /// Why the event was given up on.
+        error: String,
+    },
+}
+
 /// Everything the queue knows about an event, for `tollgate queue ls|show`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueEntry {
@@ -234,6 +253,12 @@ pub trait EventQueue: Send + Sync + fmt::Debug + 'static {
     /// An id already held is a no-op answering [`Enqueued::Duplicate`].
     async fn enqueue(&self, event: &QueuedEvent) -> Result<Enqueued, StoreError>;
 
+    /// [`enqueue`](EventQueue::enqueue) of an event the caller has no further use for, which a
+    /// backend may keep without copying it (the SQLite queue moves it to its writer thread).
+    async fn enqueue_owned(&self, event: QueuedEvent) -> Result<Enqueued, StoreError> {
+        self.enqueue(&event).await
+    }
+
     /// Leases up to `max` due events (of `route` only, if given) for `lease_for`, earliest due
     /// first. Never returns an event whose `order_key` line has an earlier event pending or
     /// leased, so a line has at most one event in flight.
@@ -257,6 +282,25 @@ pub trait EventQueue: Send + Sync + fmt::Debug + 'static {
 
     /// Give up on the event: keep it as a dead letter with `error`.
     async fn dead_letter(&self, lease: &Leased, error: &str) -> Result<Settled, StoreError>;
+
+    /// Settles each lease of `batch` as [`ack`](EventQueue::ack),
+    /// [`retry`](EventQueue::retry) or [`dead_letter`](EventQueue::dead_letter) would, in order,
+    /// and answers each one's outcome in the same order. A backend may apply them together (the
+    /// SQLite queue: one operation, one transaction); this default settles one after the other.
+    async fn settle_many(
+        &self,
+        batch: &[(Leased, Settlement)],
+    ) -> Vec<Result<Settled, StoreError>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (lease, to) in batch {
+            out.push(match to {
+                Settlement::Delivered => self.ack(lease).await,
+                Settlement::Retry { at_ms, error } => self.retry(lease, *at_ms, error).await,
+                Settlement::Dead { error } => self.dead_letter(lease, error).await,
+            });
+        }
+        out
+    }
 
     /// Up to `limit` events matching `filter`, in receipt order.
     async fn list(&self, filter: &ListFilter, limit: usize) -> Result<Vec<QueueEntry>, StoreError>;

@@ -27,6 +27,7 @@ use crate::clock::{Clock, ManualClock};
 use crate::conformance::START_MS;
 use crate::queue::{
     Enqueued, EventQueue, EventStatus, Leased, ListFilter, QueueEntry, QueuedEvent, Settled,
+    Settlement,
 };
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -72,6 +73,7 @@ macro_rules! queue_conformance_suite {
             order_key_line_waits_for_its_head_retry,
             concurrent_leasers_keep_every_line_in_order,
             retry_increments_attempts_and_keeps_the_error,
+            settle_many_settles_each_in_order,
             dead_letter_requeue_remove,
             list_filters,
             stats_per_route,
@@ -467,6 +469,94 @@ pub async fn concurrent_leasers_keep_every_line_in_order(s: &QueueSubject, clock
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock means another worker's assertion already failed; its panic is the report.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `settle_many` settles every lease as `ack`, `retry` and `dead_letter` would, in order,
+/// answering each outcome: a stale token is `Stale` without failing the others, a lease settled
+/// twice in one batch applies once, and a settled head lets the next of its line through.
+pub async fn settle_many_settles_each_in_order(s: &QueueSubject, clock: &ManualClock) {
+    let keyed = |id: &str| QueuedEvent {
+        order_key: Some("CA-1".to_owned()),
+        ..event(id, "voice")
+    };
+    for e in [
+        event("ok", "voice"),
+        event("flaky", "voice"),
+        event("bad", "voice"),
+    ] {
+        enqueue(s, &e).await;
+    }
+    enqueue(s, &keyed("head")).await;
+    enqueue(s, &keyed("next")).await;
+    enqueue(s, &event("taken", "voice")).await;
+    assert!(s.queue.settle_many(&[]).await.is_empty());
+    let l = lease(s, None, 10).await;
+    assert_eq!(ids(&l), ["ok", "flaky", "bad", "head", "taken"]);
+    // "taken" is leased again by someone else once its lease ran out: its first token is stale.
+    let stale = l[4].clone();
+    assert_eq!(
+        retry(s, &stale, clock.now_ms(), "slow").await,
+        Settled::Applied
+    );
+    let taken = lease(s, None, 10).await.remove(0);
+    assert_eq!(taken.event.id, "taken");
+    let at = clock.now_ms() + 1_000;
+    let results = s
+        .queue
+        .settle_many(&[
+            (l[0].clone(), Settlement::Delivered),
+            (
+                l[1].clone(),
+                Settlement::Retry {
+                    at_ms: at,
+                    error: "503".into(),
+                },
+            ),
+            (
+                l[2].clone(),
+                Settlement::Dead {
+                    error: "410".into(),
+                },
+            ),
+            (stale, Settlement::Delivered),
+            (l[3].clone(), Settlement::Delivered),
+            (l[3].clone(), Settlement::Delivered),
+        ])
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("settle_many failed: {e}")))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        results,
+        [
+            Settled::Applied,
+            Settled::Applied,
+            Settled::Applied,
+            Settled::Stale,
+            Settled::Applied,
+            Settled::Stale
+        ]
+    );
+    assert_eq!(status(s, "ok").await, Some(EventStatus::Delivered));
+    let flaky = get(s, "flaky").await.expect("flaky");
+    assert_eq!(
+        (
+            flaky.status,
+            flaky.next_attempt_at_ms,
+            flaky.last_error.as_deref()
+        ),
+        (EventStatus::Pending, at, Some("503"))
+    );
+    let bad = get(s, "bad").await.expect("bad");
+    assert_eq!(
+        (bad.status, bad.last_error.as_deref()),
+        (EventStatus::Dead, Some("410"))
+    );
+    assert_eq!(status(s, "taken").await, Some(EventStatus::Leased));
+    assert_eq!(enqueue(s, &event("ok", "voice")).await, Enqueued::Duplicate);
+    assert_eq!(ids(&lease(s, None, 10).await), ["next"]);
+    clock.advance(Duration::from_millis(1_000));
+    assert_eq!(ids(&lease(s, None, 10).await), ["flaky"]);
 }
 
 /// Each lease counts an attempt; a retry keeps the count and records the error.

@@ -9,15 +9,17 @@
 //! the transaction holding its operation committed; a failed batch is rolled back and replayed
 //! one operation per transaction so each caller gets its own outcome.
 //!
-//! The queue keeps its own tables (`queue_events`, `queue_meta`) and schema version (in
-//! `queue_meta`, not `PRAGMA user_version`, which belongs to the replay store), so it may share
-//! the replay store's file or have its own. `BEGIN IMMEDIATE` takes SQLite's write lock before
+//! The queue keeps its own tables (`queue_events`, `queue_requests`, `queue_meta`) and schema
+//! version (in `queue_meta`, not `PRAGMA user_version`, which belongs to the replay store), so it
+//! may share the replay store's file or have its own; an older queue schema is upgraded at open. `BEGIN IMMEDIATE` takes SQLite's write lock before
 //! reading, so leases stay exclusive even with several processes on one file.
 //!
 //! Nothing is reset at start-up: an event leased when the process died is due again when its
 //! lease ends (deadlines are absolute unix ms from the injected clock), which is also what makes
 //! several processes sharing a file safe.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -31,7 +33,7 @@ use tokio::sync::oneshot;
 use crate::clock::{deadline, duration_ms, SharedClock, SystemClock};
 use crate::queue::{
     received_cutoff, Enqueued, EventQueue, EventStatus, LeaseToken, Leased, ListFilter, QueueEntry,
-    QueueStats, QueuedEvent, RouteStats, Settled,
+    QueueStats, QueuedEvent, RouteStats, Settled, Settlement,
 };
 use crate::sqlite::{
     decode_headers, encode_headers, open_error, open_wal, query_error, to_sql_ms, Durability,
@@ -39,8 +41,9 @@ use crate::sqlite::{
 };
 use crate::{group_commit, StoreError};
 
-/// The queue schema this code writes, kept in `queue_meta`. A newer one is refused, not misread.
-pub const QUEUE_SCHEMA_VERSION: i64 = 1;
+/// The queue schema this code writes, kept in `queue_meta`. A file of version 1 is upgraded when
+/// opened; a newer one is refused, not misread.
+pub const QUEUE_SCHEMA_VERSION: i64 = 2;
 
 /// Most delivered events one purge step deletes, so a purge never stalls enqueues for long.
 const PURGE_CHUNK: i64 = 2048;
@@ -126,6 +129,7 @@ impl SqliteQueue {
             clock: options.clock,
             keep_delivered_ms: Arc::clone(&keep_delivered_ms),
             purge_interval: options.purge_interval,
+            leased_rows: RefCell::new(HashMap::new()),
         };
         let (tx, closed_rx) = group_commit::spawn("tollgate-queue", writer)?;
         Ok(Self {
@@ -178,9 +182,12 @@ impl SqliteQueue {
         rx.await.map_err(|_| stopped())?
     }
 
-    async fn settle(&self, op: Op) -> Result<Settled, StoreError> {
-        match self.call(op).await? {
-            Reply::Settled(s) => Ok(s),
+    async fn settle(&self, one: SettleOne) -> Result<Settled, StoreError> {
+        match self.call(Op::Settle(vec![one])).await? {
+            Reply::Settled(s) if s.len() == 1 => s
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("queue writer answered no settlement".into())),
             other => Err(unexpected("settle", &other)),
         }
     }
@@ -217,6 +224,14 @@ fn spawn_checkpointer(
     Some((stop, handle))
 }
 
+/// The error `e` once more, for each settlement of a batch that failed as a whole.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        other => StoreError::Unavailable(other.to_string().into()),
+    }
+}
+
 /// A reply of the wrong kind is a bug in the writer, reported rather than guessed around.
 fn unexpected(what: &str, reply: &Reply) -> StoreError {
     StoreError::Corrupt(format!("queue writer answered {what} with {reply:?}"))
@@ -225,6 +240,10 @@ fn unexpected(what: &str, reply: &Reply) -> StoreError {
 #[async_trait::async_trait]
 impl EventQueue for SqliteQueue {
     async fn enqueue(&self, event: &QueuedEvent) -> Result<Enqueued, StoreError> {
+        self.enqueue_owned(event.clone()).await
+    }
+
+    async fn enqueue_owned(&self, event: QueuedEvent) -> Result<Enqueued, StoreError> {
         match self.call(Op::Enqueue(Box::new(NewRow::of(event)))).await? {
             Reply::Enqueued(e) => Ok(e),
             other => Err(unexpected("enqueue", &other)),
@@ -254,12 +273,8 @@ impl EventQueue for SqliteQueue {
     }
 
     async fn ack(&self, lease: &Leased) -> Result<Settled, StoreError> {
-        self.settle(Op::Settle {
-            id: lease.event.id.clone(),
-            token: lease.token,
-            to: Settle::Delivered,
-        })
-        .await
+        self.settle(SettleOne::of(lease, Settlement::Delivered))
+            .await
     }
 
     async fn retry(
@@ -268,26 +283,48 @@ impl EventQueue for SqliteQueue {
         next_attempt_at_ms: u64,
         error: &str,
     ) -> Result<Settled, StoreError> {
-        self.settle(Op::Settle {
-            id: lease.event.id.clone(),
-            token: lease.token,
-            to: Settle::Retry {
+        self.settle(SettleOne::of(
+            lease,
+            Settlement::Retry {
                 at_ms: next_attempt_at_ms,
                 error: error.to_owned(),
             },
-        })
+        ))
         .await
     }
 
     async fn dead_letter(&self, lease: &Leased, error: &str) -> Result<Settled, StoreError> {
-        self.settle(Op::Settle {
-            id: lease.event.id.clone(),
-            token: lease.token,
-            to: Settle::Dead {
+        self.settle(SettleOne::of(
+            lease,
+            Settlement::Dead {
                 error: error.to_owned(),
             },
-        })
+        ))
         .await
+    }
+
+    async fn settle_many(
+        &self,
+        batch: &[(Leased, Settlement)],
+    ) -> Vec<Result<Settled, StoreError>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let ops = batch
+            .iter()
+            .map(|(lease, to)| SettleOne::of(lease, to.clone()))
+            .collect();
+        match self.call(Op::Settle(ops)).await {
+            Ok(Reply::Settled(done)) if done.len() == batch.len() => {
+                done.into_iter().map(Ok).collect()
+            }
+            Ok(other) => batch
+                .iter()
+                .map(|_| Err(unexpected("settle", &other)))
+                .collect(),
+            // One transaction: none of them was applied.
+            Err(e) => batch.iter().map(|_| Err(same_error(&e))).collect(),
+        }
     }
 
     async fn list(&self, filter: &ListFilter, limit: usize) -> Result<Vec<QueueEntry>, StoreError> {
@@ -345,10 +382,132 @@ impl EventQueue for SqliteQueue {
     }
 }
 
+/// The queue's tables and indexes beside `queue_meta`, as this version writes them.
+///
+/// status: 0 pending, 1 leased, 2 delivered, 3 dead. `due_ms` is when a live event is next due
+/// (next_attempt_at_ms when pending, lease_until_ms when leased) and NULL otherwise, so one
+/// partial index serves `lease`. AUTOINCREMENT keeps `seq` (receipt order) from ever being
+/// reused after deletes, which per-key ordering relies on.
+///
+/// The request (method, URL, headers, body) lives in `queue_requests`, apart from the small row
+/// that leases and settlements rewrite: SQLite writes whole pages to the WAL and again into the
+/// file at the checkpoint, so with a 1.3 KB request in the row every lease and every settlement
+/// rewrote a third of a page per event. The request is deleted when the event is delivered: the
+/// delivered event stays (for `dedupe_ttl_secs`) only as the small row holding its id.
+const TABLES: &str = "
+    CREATE TABLE queue_events (
+        seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                 TEXT NOT NULL UNIQUE,
+        route              TEXT NOT NULL,
+        received_at_ms     INTEGER NOT NULL,
+        order_key          TEXT,
+        status             INTEGER NOT NULL,
+        attempts           INTEGER NOT NULL,
+        next_attempt_at_ms INTEGER NOT NULL,
+        lease_until_ms     INTEGER,
+        lease_token        INTEGER,
+        due_ms             INTEGER,
+        last_error         TEXT,
+        finished_at_ms     INTEGER
+    );
+    CREATE TABLE queue_requests (
+        seq     INTEGER PRIMARY KEY,
+        method  TEXT NOT NULL,
+        url     TEXT NOT NULL,
+        headers BLOB NOT NULL,
+        body    BLOB NOT NULL
+    );";
+
+/// The indexes of [`TABLES`]. Delivered events, the bulk of the table, are in none but the one
+/// the purge reads. (`status <> 2`, not `status IN (0, 1, 3)`: SQLite evaluates an IN list of
+/// more than two values through a temporary table, built again for every row written.)
+const INDEXES: &str = "
+    CREATE INDEX queue_events_due ON queue_events (due_ms, seq) WHERE status IN (0, 1);
+    CREATE INDEX queue_events_line ON queue_events (route, order_key, seq)
+        WHERE status IN (0, 1) AND order_key IS NOT NULL;
+    CREATE INDEX queue_events_undelivered ON queue_events (status, route, received_at_ms)
+        WHERE status <> 2;
+    CREATE INDEX queue_events_finished ON queue_events (finished_at_ms) WHERE status = 2;";
+
+/// Version 1 kept the request in `queue_events`, and every event in the status index. The
+/// rows keep their `seq` (receipt order, which per-key lines and lease order follow) and the
+/// AUTOINCREMENT counter carries over, so a sequence number is never handed out twice; requests
+/// of delivered events are not carried over.
+const UPGRADE_FROM_V1: &str = "
+    DROP INDEX queue_events_due;
+    DROP INDEX queue_events_line;
+    DROP INDEX queue_events_stats;
+    DROP INDEX queue_events_finished;
+    ALTER TABLE queue_events RENAME TO queue_events_v1;";
+
+const COPY_FROM_V1: &str = "
+    INSERT INTO queue_events (seq, id, route, received_at_ms, order_key, status, attempts,
+                              next_attempt_at_ms, lease_until_ms, lease_token, due_ms,
+                              last_error, finished_at_ms)
+        SELECT seq, id, route, received_at_ms, order_key, status, attempts, next_attempt_at_ms,
+               lease_until_ms, lease_token, due_ms, last_error, finished_at_ms
+        FROM queue_events_v1 ORDER BY seq;
+    INSERT INTO queue_requests (seq, method, url, headers, body)
+        SELECT seq, method, url, headers, body FROM queue_events_v1 WHERE status <> 2
+        ORDER BY seq;
+    DELETE FROM sqlite_sequence WHERE name = 'queue_events';
+    UPDATE sqlite_sequence SET name = 'queue_events' WHERE name = 'queue_events_v1';
+    DROP TABLE queue_events_v1;";
+
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let err = |e| open_error(path, e);
-    // Looked up in the schema rather than created blindly, so a read-only file whose queue exists
-    // opens without attempting a write.
+    // Read first, outside a transaction, so a read-only file whose queue is current opens
+    // without attempting a write.
+    if schema_version(conn, path)? == Some(QUEUE_SCHEMA_VERSION) {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+    // Asked again under the write lock: another process may have created or upgraded the queue
+    // since.
+    let upgraded = schema_version(conn, path).and_then(|v| {
+        let script = match v {
+            Some(QUEUE_SCHEMA_VERSION) => return Ok(()),
+            None => format!(
+                "CREATE TABLE queue_meta (
+                     name  TEXT PRIMARY KEY NOT NULL,
+                     value INTEGER NOT NULL
+                 ) WITHOUT ROWID;
+                 INSERT INTO queue_meta (name, value)
+                     VALUES ('schema_version', {QUEUE_SCHEMA_VERSION}), ('next_lease_token', 0);
+                 {TABLES}
+                 {INDEXES}"
+            ),
+            Some(1) => format!(
+                "{UPGRADE_FROM_V1}
+                 {TABLES}
+                 {COPY_FROM_V1}
+                 {INDEXES}
+                 UPDATE queue_meta SET value = {QUEUE_SCHEMA_VERSION}
+                     WHERE name = 'schema_version';"
+            ),
+            Some(v) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} has queue schema version {v}; this tollgate reads up to \
+                     {QUEUE_SCHEMA_VERSION}",
+                    path.display()
+                )))
+            }
+        };
+        conn.execute_batch(&script).map_err(err)
+    });
+    match upgraded.and_then(|()| conn.execute_batch("COMMIT").map_err(err)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Leave no half-open transaction behind on the connection we return an error for.
+            group_commit::rollback(conn);
+            Err(e)
+        }
+    }
+}
+
+/// The queue schema version recorded in the file; `None` when it has no queue yet.
+fn schema_version(conn: &Connection, path: &Path) -> Result<Option<i64>, StoreError> {
+    let err = |e| open_error(path, e);
     let exists: bool = conn
         .query_row(
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'queue_meta'",
@@ -357,70 +516,23 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         )
         .map_err(err)?
         > 0;
-    if exists {
-        let version: Option<i64> = conn
-            .query_row(
-                "SELECT value FROM queue_meta WHERE name = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)?;
-        return match version {
-            Some(QUEUE_SCHEMA_VERSION) => Ok(()),
-            Some(v) => Err(StoreError::Corrupt(format!(
-                "{} has queue schema version {v}; this tollgate reads up to \
-                 {QUEUE_SCHEMA_VERSION}",
-                path.display()
-            ))),
-            None => Err(StoreError::Corrupt(format!(
-                "{} has a queue_meta table without a schema version",
-                path.display()
-            ))),
-        };
+    if !exists {
+        return Ok(None);
     }
-    // status: 0 pending, 1 leased, 2 delivered, 3 dead. `due_ms` is when a live event is next due
-    // (next_attempt_at_ms when pending, lease_until_ms when leased) and NULL otherwise, so one
-    // partial index serves `lease`. AUTOINCREMENT keeps `seq` (receipt order) from ever being
-    // reused after deletes, which per-key ordering relies on.
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         CREATE TABLE queue_meta (
-             name  TEXT PRIMARY KEY NOT NULL,
-             value INTEGER NOT NULL
-         ) WITHOUT ROWID;
-         INSERT INTO queue_meta (name, value) VALUES ('schema_version', 1), ('next_lease_token', 0);
-         CREATE TABLE queue_events (
-             seq                INTEGER PRIMARY KEY AUTOINCREMENT,
-             id                 TEXT NOT NULL UNIQUE,
-             route              TEXT NOT NULL,
-             method             TEXT NOT NULL,
-             url                TEXT NOT NULL,
-             headers            BLOB NOT NULL,
-             body               BLOB NOT NULL,
-             received_at_ms     INTEGER NOT NULL,
-             order_key          TEXT,
-             status             INTEGER NOT NULL,
-             attempts           INTEGER NOT NULL,
-             next_attempt_at_ms INTEGER NOT NULL,
-             lease_until_ms     INTEGER,
-             lease_token        INTEGER,
-             due_ms             INTEGER,
-             last_error         TEXT,
-             finished_at_ms     INTEGER
-         );
-         CREATE INDEX queue_events_due ON queue_events (due_ms, seq) WHERE status IN (0, 1);
-         CREATE INDEX queue_events_line ON queue_events (route, order_key, seq)
-             WHERE status IN (0, 1) AND order_key IS NOT NULL;
-         CREATE INDEX queue_events_stats ON queue_events (status, route, received_at_ms);
-         CREATE INDEX queue_events_finished ON queue_events (finished_at_ms) WHERE status = 2;
-         COMMIT;",
+    conn.query_row(
+        "SELECT value FROM queue_meta WHERE name = 'schema_version'",
+        [],
+        |r| r.get(0),
     )
-    .inspect_err(|_| {
-        // Leave no half-open transaction behind on the connection we return an error for.
-        let _ = conn.execute_batch("ROLLBACK");
+    .optional()
+    .map_err(err)?
+    .map(Some)
+    .ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "{} has a queue_meta table without a schema version",
+            path.display()
+        ))
     })
-    .map_err(err)
 }
 
 fn status_code(s: EventStatus) -> i64 {
@@ -444,18 +556,18 @@ fn status_from_code(c: i64) -> Result<EventStatus, StoreError> {
     }
 }
 
-/// Columns [`RawEntry::read`] expects, in order.
-const ENTRY_COLUMNS: &str = "id, route, method, url, headers, body, received_at_ms, order_key, \
-     status, attempts, next_attempt_at_ms, lease_until_ms, last_error, seq";
+/// Columns [`RawEntry::read`] expects, in order, from [`ENTRY_FROM`].
+const ENTRY_COLUMNS: &str = "e.id, e.route, r.method, r.url, r.headers, r.body, e.received_at_ms, \
+     e.order_key, e.status, e.attempts, e.next_attempt_at_ms, e.lease_until_ms, e.last_error, e.seq";
+
+/// An event with its request, if still kept.
+const ENTRY_FROM: &str = "queue_events e LEFT JOIN queue_requests r ON r.seq = e.seq";
 
 /// A row as SQLite typed it; [`RawEntry::decode`] checks what SQLite cannot.
 struct RawEntry {
     id: String,
     route: String,
-    method: String,
-    url: String,
-    headers: Vec<u8>,
-    body: Vec<u8>,
+    request: Option<RawRequest>,
     received_at_ms: i64,
     order_key: Option<String>,
     status: i64,
@@ -466,15 +578,29 @@ struct RawEntry {
     seq: i64,
 }
 
+struct RawRequest {
+    method: String,
+    url: String,
+    headers: Vec<u8>,
+    body: Vec<u8>,
+}
+
 impl RawEntry {
     fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        // The request's columns are all NULL or none: they come from one row of its table.
+        let request = match r.get::<_, Option<String>>(2)? {
+            Some(method) => Some(RawRequest {
+                method,
+                url: r.get(3)?,
+                headers: r.get(4)?,
+                body: r.get(5)?,
+            }),
+            None => None,
+        };
         Ok(Self {
             id: r.get(0)?,
             route: r.get(1)?,
-            method: r.get(2)?,
-            url: r.get(3)?,
-            headers: r.get(4)?,
-            body: r.get(5)?,
+            request,
             received_at_ms: r.get(6)?,
             order_key: r.get(7)?,
             status: r.get(8)?,
@@ -491,18 +617,30 @@ impl RawEntry {
             u64::try_from(v)
                 .map_err(|_| StoreError::Corrupt(format!("queued event has {what} = {v}")))
         };
+        let status = status_from_code(self.status)?;
+        let (method, url, headers, body) = match (self.request, status) {
+            (Some(r), _) => (r.method, r.url, decode_headers(&r.headers)?, r.body),
+            // Dropped on delivery: only the id is needed to recognise a late retry.
+            (None, EventStatus::Delivered) => Default::default(),
+            (None, _) => {
+                return Err(StoreError::Corrupt(format!(
+                    "queued event {:?} ({status}) has no stored request",
+                    self.id
+                )))
+            }
+        };
         Ok(QueueEntry {
             event: QueuedEvent {
-                headers: decode_headers(&self.headers)?,
+                headers,
                 received_at_ms: ms("received_at_ms", self.received_at_ms)?,
                 id: self.id,
                 route: self.route,
-                method: self.method,
-                url: self.url,
-                body: self.body,
+                method,
+                url,
+                body,
                 order_key: self.order_key,
             },
-            status: status_from_code(self.status)?,
+            status,
             attempts: u32::try_from(self.attempts).map_err(|_| {
                 StoreError::Corrupt(format!("queued event has attempts = {}", self.attempts))
             })?,
@@ -516,11 +654,22 @@ impl RawEntry {
     }
 }
 
+/// One lease to settle: the event, the lease's token, and how.
 #[derive(Debug)]
-enum Settle {
-    Delivered,
-    Retry { at_ms: u64, error: String },
-    Dead { error: String },
+struct SettleOne {
+    id: String,
+    token: LeaseToken,
+    to: Settlement,
+}
+
+impl SettleOne {
+    fn of(lease: &Leased, to: Settlement) -> Self {
+        Self {
+            id: lease.event.id.clone(),
+            token: lease.token,
+            to,
+        }
+    }
 }
 
 /// An event as its row is written: encoded on the caller's thread, so the writer only binds
@@ -538,16 +687,16 @@ struct NewRow {
 }
 
 impl NewRow {
-    fn of(e: &QueuedEvent) -> Self {
+    fn of(e: QueuedEvent) -> Self {
         Self {
-            id: e.id.clone(),
-            route: e.route.clone(),
-            method: e.method.clone(),
-            url: e.url.clone(),
             headers: encode_headers(&e.headers),
-            body: e.body.clone(),
+            id: e.id,
+            route: e.route,
+            method: e.method,
+            url: e.url,
+            body: e.body,
             received_at_ms: to_sql_ms(e.received_at_ms),
-            order_key: e.order_key.clone(),
+            order_key: e.order_key,
         }
     }
 }
@@ -560,11 +709,8 @@ enum Op {
         max: usize,
         lease_for: Duration,
     },
-    Settle {
-        id: String,
-        token: LeaseToken,
-        to: Settle,
-    },
+    /// Settlements applied in order, answered together.
+    Settle(Vec<SettleOne>),
     List {
         filter: ListFilter,
         limit: usize,
@@ -583,7 +729,7 @@ enum Op {
 enum Reply {
     Enqueued(Enqueued),
     Leased(Vec<Leased>),
-    Settled(Settled),
+    Settled(Vec<Settled>),
     Entries(Vec<QueueEntry>),
     Entry(Option<Box<QueueEntry>>),
     Flag(bool),
@@ -598,7 +744,15 @@ struct Writer {
     clock: SharedClock,
     keep_delivered_ms: Arc<AtomicU64>,
     purge_interval: Duration,
+    /// The row (`seq`) of each lease this writer handed out and not yet settled, by token, so
+    /// a settlement goes straight to its row instead of through the id index. Only a hint: the
+    /// settlement still matches the token in the row, and falls back to the id.
+    leased_rows: RefCell<HashMap<u64, i64>>,
 }
+
+/// Most lease hints kept; past it they are dropped (leases that were never settled, such as
+/// deliveries abandoned at shutdown, would otherwise accumulate).
+const MAX_LEASE_HINTS: usize = 1 << 16;
 
 impl group_commit::Work for Writer {
     type Op = Op;
@@ -634,12 +788,16 @@ impl Writer {
             } => self
                 .lease(route.as_deref(), *max, *lease_for, now)
                 .map(Reply::Leased),
-            Op::Settle { id, token, to } => self.settle(id, *token, to, now).map(Reply::Settled),
+            Op::Settle(batch) => batch
+                .iter()
+                .map(|one| self.settle(one, now))
+                .collect::<Result<_, _>>()
+                .map(Reply::Settled),
             Op::List { filter, limit } => self.list(filter, *limit, now).map(Reply::Entries),
             Op::Get(id) => self
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT {ENTRY_COLUMNS} FROM queue_events WHERE id = ?1"
+                    "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE e.id = ?1"
                 ))
                 .and_then(|mut s| s.query_row(params![id], RawEntry::read).optional())
                 .map_err(|e| query_error("get", e))?
@@ -657,12 +815,7 @@ impl Writer {
                 .and_then(|mut s| s.execute(params![id, to_sql_ms(now)]))
                 .map(|n| Reply::Flag(n > 0))
                 .map_err(|e| query_error("requeue", e)),
-            Op::Remove(id) => self
-                .conn
-                .prepare_cached("DELETE FROM queue_events WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id]))
-                .map(|n| Reply::Flag(n > 0))
-                .map_err(|e| query_error("remove", e)),
+            Op::Remove(id) => self.remove(id).map(Reply::Flag),
             Op::PurgeDelivered(older_than) => self
                 .purge(now.saturating_sub(duration_ms(*older_than)), i64::MAX)
                 .map(Reply::Count),
@@ -708,30 +861,25 @@ impl Writer {
         let n = self
             .conn
             .prepare_cached(
-                "INSERT INTO queue_events (id, route, method, url, headers, body, received_at_ms,
-                     order_key, status, attempts, next_attempt_at_ms, due_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?9)
+                "INSERT INTO queue_events (id, route, received_at_ms, order_key, status, attempts,
+                     next_attempt_at_ms, due_ms)
+                 VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?5)
                  ON CONFLICT (id) DO NOTHING",
             )
-            .and_then(|mut s| {
-                s.execute(params![
-                    e.id,
-                    e.route,
-                    e.method,
-                    e.url,
-                    e.headers,
-                    e.body,
-                    e.received_at_ms,
-                    e.order_key,
-                    now,
-                ])
-            })
+            .and_then(|mut s| s.execute(params![e.id, e.route, e.received_at_ms, e.order_key, now]))
             .map_err(|err| query_error("enqueue", err))?;
-        Ok(if n == 0 {
-            Enqueued::Duplicate
-        } else {
-            Enqueued::New
-        })
+        if n == 0 {
+            return Ok(Enqueued::Duplicate);
+        }
+        let seq = self.conn.last_insert_rowid();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO queue_requests (seq, method, url, headers, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| s.execute(params![seq, e.method, e.url, e.headers, e.body]))
+            .map_err(|err| query_error("enqueue", err))?;
+        Ok(Enqueued::New)
     }
 
     fn lease(
@@ -746,30 +894,27 @@ impl Writer {
         // returns two events of a line either. The due index is forced: without statistics the
         // planner prefers the status index, which visits every pending and leased row and sorts
         // them, so a backlog made each lease cost as much as the backlog (most of the writer's
-        // time under load); the due index yields due events in order and stops at `LIMIT`.
+        // time under load); the due index yields due events in order, and reading stops after
+        // `max`. (Not a `LIMIT ?`: SQLite plans with a bound LIMIT's value, so every new value
+        // made it prepare the statement again.)
         let raws = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM queue_events e INDEXED BY queue_events_due
+                "SELECT {ENTRY_COLUMNS}
+                 FROM queue_events e INDEXED BY queue_events_due
+                 LEFT JOIN queue_requests r ON r.seq = e.seq
                  WHERE e.status IN (0, 1) AND e.due_ms <= ?1
                    AND (?2 IS NULL OR e.route = ?2)
                    AND (e.order_key IS NULL OR NOT EXISTS (
                         SELECT 1 FROM queue_events h
                         WHERE h.route = e.route AND h.order_key = e.order_key
                           AND h.status IN (0, 1) AND h.seq < e.seq))
-                 ORDER BY e.due_ms, e.seq
-                 LIMIT ?3"
+                 ORDER BY e.due_ms, e.seq"
             ))
             .and_then(|mut s| {
-                s.query_map(
-                    params![
-                        to_sql_ms(now),
-                        route,
-                        i64::try_from(max).unwrap_or(i64::MAX)
-                    ],
-                    RawEntry::read,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()
+                s.query_map(params![to_sql_ms(now), route], RawEntry::read)?
+                    .take(max)
+                    .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(|e| query_error("lease select", e))?;
         if raws.is_empty() {
@@ -796,6 +941,10 @@ impl Writer {
             )
             .map_err(|e| query_error("lease update", e))?;
         let mut out = Vec::with_capacity(raws.len());
+        let mut hints = self.leased_rows.borrow_mut();
+        if hints.len() + raws.len() > MAX_LEASE_HINTS {
+            hints.clear();
+        }
         for (i, raw) in raws.into_iter().enumerate() {
             let seq = raw.seq;
             let token = first_token + i as i64;
@@ -803,60 +952,100 @@ impl Writer {
             update
                 .execute(params![seq, to_sql_ms(lease_until_ms), token])
                 .map_err(|e| query_error("lease update", e))?;
+            let token = u64::try_from(token)
+                .map_err(|_| StoreError::Corrupt(format!("lease token counter is at {token}")))?;
+            hints.insert(token, seq);
             out.push(Leased {
                 attempts: entry.attempts.saturating_add(1),
                 event: entry.event,
                 lease_until_ms,
-                token: LeaseToken::new(u64::try_from(token).map_err(|_| {
-                    StoreError::Corrupt(format!("lease token counter is at {token}"))
-                })?),
+                token: LeaseToken::new(token),
             });
         }
         Ok(out)
     }
 
-    fn settle(
-        &self,
-        id: &str,
-        token: LeaseToken,
-        to: &Settle,
-        now: u64,
-    ) -> Result<Settled, StoreError> {
-        // Every variant matches on the token, so a superseded lease changes nothing.
-        let token = to_sql_ms(token.get());
+    fn settle(&self, one: &SettleOne, now: u64) -> Result<Settled, StoreError> {
+        let hint = self.leased_rows.borrow_mut().remove(&one.token.get());
+        if let Some(seq) = hint {
+            if self.settle_row(seq, one, now)? {
+                return Ok(Settled::Applied);
+            }
+        }
+        // Every settlement matches on the token, so a superseded lease changes nothing.
+        let seq: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM queue_events WHERE id = ?1")
+            .and_then(|mut s| s.query_row(params![one.id], |r| r.get(0)).optional())
+            .map_err(|e| query_error("settle", e))?;
+        Ok(match seq {
+            Some(seq) if Some(seq) != hint && self.settle_row(seq, one, now)? => Settled::Applied,
+            _ => Settled::Stale,
+        })
+    }
+
+    /// Settles row `seq` if it is still leased under `one`'s token; whether it was.
+    fn settle_row(&self, seq: i64, one: &SettleOne, now: u64) -> Result<bool, StoreError> {
+        let token = to_sql_ms(one.token.get());
         let now = to_sql_ms(now);
-        let n = match to {
-            Settle::Delivered => self
+        let n = match &one.to {
+            Settlement::Delivered => self
                 .conn
                 .prepare_cached(
                     "UPDATE queue_events SET status = 2, finished_at_ms = ?3, due_ms = NULL,
                          lease_until_ms = NULL, lease_token = NULL
-                     WHERE id = ?1 AND status = 1 AND lease_token = ?2",
+                     WHERE seq = ?1 AND status = 1 AND lease_token = ?2",
                 )
-                .and_then(|mut s| s.execute(params![id, token, now])),
-            Settle::Retry { at_ms, error } => self
+                .and_then(|mut s| s.execute(params![seq, token, now])),
+            Settlement::Retry { at_ms, error } => self
                 .conn
                 .prepare_cached(
                     "UPDATE queue_events SET status = 0, next_attempt_at_ms = ?3, due_ms = ?3,
                          last_error = ?4, lease_until_ms = NULL, lease_token = NULL
-                     WHERE id = ?1 AND status = 1 AND lease_token = ?2",
+                     WHERE seq = ?1 AND status = 1 AND lease_token = ?2",
                 )
-                .and_then(|mut s| s.execute(params![id, token, to_sql_ms(*at_ms), error])),
-            Settle::Dead { error } => self
+                .and_then(|mut s| s.execute(params![seq, token, to_sql_ms(*at_ms), error])),
+            Settlement::Dead { error } => self
                 .conn
                 .prepare_cached(
                     "UPDATE queue_events SET status = 3, finished_at_ms = ?3, last_error = ?4,
                          due_ms = NULL, lease_until_ms = NULL, lease_token = NULL
-                     WHERE id = ?1 AND status = 1 AND lease_token = ?2",
+                     WHERE seq = ?1 AND status = 1 AND lease_token = ?2",
                 )
-                .and_then(|mut s| s.execute(params![id, token, now, error])),
+                .and_then(|mut s| s.execute(params![seq, token, now, error])),
         }
         .map_err(|e| query_error("settle", e))?;
-        Ok(if n == 0 {
-            Settled::Stale
-        } else {
-            Settled::Applied
-        })
+        if n == 0 {
+            return Ok(false);
+        }
+        if one.to == Settlement::Delivered {
+            self.drop_request(seq)?;
+        }
+        Ok(true)
+    }
+
+    fn drop_request(&self, seq: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM queue_requests WHERE seq = ?1")
+            .and_then(|mut s| s.execute(params![seq]))
+            .map(drop)
+            .map_err(|e| query_error("drop request", e))
+    }
+
+    fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM queue_events WHERE id = ?1")
+            .and_then(|mut s| s.query_row(params![id], |r| r.get(0)).optional())
+            .map_err(|e| query_error("remove", e))?;
+        let Some(seq) = seq else {
+            return Ok(false);
+        };
+        self.conn
+            .prepare_cached("DELETE FROM queue_events WHERE seq = ?1")
+            .and_then(|mut s| s.execute(params![seq]))
+            .map_err(|e| query_error("remove", e))?;
+        self.drop_request(seq).map(|()| true)
     }
 
     fn list(
@@ -870,10 +1059,10 @@ impl Writer {
             .map(|d| to_sql_ms(received_cutoff(now, d)));
         self.conn
             .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM queue_events
-                 WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR status = ?2)
-                   AND (?3 IS NULL OR received_at_ms <= ?3)
-                 ORDER BY seq LIMIT ?4"
+                "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM}
+                 WHERE (?1 IS NULL OR e.route = ?1) AND (?2 IS NULL OR e.status = ?2)
+                   AND (?3 IS NULL OR e.received_at_ms <= ?3)
+                 ORDER BY e.seq LIMIT ?4"
             ))
             .and_then(|mut s| {
                 s.query_map(
@@ -898,7 +1087,7 @@ impl Writer {
             .conn
             .prepare_cached(
                 "SELECT route, status, count(*), min(received_at_ms) FROM queue_events
-                 WHERE status IN (0, 1, 3) GROUP BY route, status ORDER BY route",
+                 WHERE status <> 2 GROUP BY route, status ORDER BY route",
             )
             .and_then(|mut s| {
                 s.query_map([], |r| {

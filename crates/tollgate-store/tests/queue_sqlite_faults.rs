@@ -366,14 +366,14 @@ async fn corrupt_row_is_an_error_not_an_event() {
     queue.enqueue(&event("e", "voice")).await.unwrap();
     let other = rusqlite::Connection::open(&path).unwrap();
     other
-        .execute("UPDATE queue_events SET headers = x'ffffffff00'", [])
+        .execute("UPDATE queue_requests SET headers = x'ffffffff00'", [])
         .unwrap();
     let err = queue.lease(None, 10, LEASE).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     assert!(!err.is_retryable());
     // The failed lease did not mark the event leased.
     other
-        .execute("UPDATE queue_events SET headers = x'00000000'", [])
+        .execute("UPDATE queue_requests SET headers = x'00000000'", [])
         .unwrap();
     assert_eq!(queue.lease(None, 10, LEASE).await.unwrap().len(), 1);
 
@@ -416,4 +416,238 @@ async fn delivered_events_are_kept_as_long_as_retain_delivered_asks() {
         assert!(std::time::Instant::now() < end, "never purged");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The queue schema version 1 (tollgate before the request moved to its own table), exactly as
+/// it created it.
+const QUEUE_SCHEMA_V1: &str = "
+    CREATE TABLE queue_meta (
+        name  TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO queue_meta (name, value) VALUES ('schema_version', 1), ('next_lease_token', 0);
+    CREATE TABLE queue_events (
+        seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                 TEXT NOT NULL UNIQUE,
+        route              TEXT NOT NULL,
+        method             TEXT NOT NULL,
+        url                TEXT NOT NULL,
+        headers            BLOB NOT NULL,
+        body               BLOB NOT NULL,
+        received_at_ms     INTEGER NOT NULL,
+        order_key          TEXT,
+        status             INTEGER NOT NULL,
+        attempts           INTEGER NOT NULL,
+        next_attempt_at_ms INTEGER NOT NULL,
+        lease_until_ms     INTEGER,
+        lease_token        INTEGER,
+        due_ms             INTEGER,
+        last_error         TEXT,
+        finished_at_ms     INTEGER
+    );
+    CREATE INDEX queue_events_due ON queue_events (due_ms, seq) WHERE status IN (0, 1);
+    CREATE INDEX queue_events_line ON queue_events (route, order_key, seq)
+        WHERE status IN (0, 1) AND order_key IS NOT NULL;
+    CREATE INDEX queue_events_stats ON queue_events (status, route, received_at_ms);
+    CREATE INDEX queue_events_finished ON queue_events (finished_at_ms) WHERE status = 2;";
+
+/// A row as version 1 wrote it: (id, status, attempts, due_ms, lease_token, last_error,
+/// finished_at_ms, order_key), with the request of `event(id, "voice")`.
+#[allow(clippy::type_complexity)]
+fn insert_v1(
+    conn: &rusqlite::Connection,
+    row: (
+        &str,
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<&str>,
+        Option<i64>,
+        Option<&str>,
+    ),
+) {
+    let (id, status, attempts, due, token, error, finished, key) = row;
+    let e = tollgate_store::QueuedEvent {
+        order_key: key.map(str::to_owned),
+        ..event(id, "voice")
+    };
+    // The v1 header encoding: a u32 count, then per header a u32-prefixed name and value.
+    let mut headers = (e.headers.len() as u32).to_be_bytes().to_vec();
+    for (k, v) in &e.headers {
+        headers.extend((k.len() as u32).to_be_bytes());
+        headers.extend(k.as_bytes());
+        headers.extend((v.len() as u32).to_be_bytes());
+        headers.extend(v);
+    }
+    let lease_until = if status == 1 { due } else { None };
+    conn.execute(
+        "INSERT INTO queue_events (id, route, method, url, headers, body, received_at_ms,
+             order_key, status, attempts, next_attempt_at_ms, lease_until_ms, lease_token, due_ms,
+             last_error, finished_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        rusqlite::params![
+            e.id,
+            e.route,
+            e.method,
+            e.url,
+            headers,
+            e.body,
+            e.received_at_ms as i64,
+            e.order_key,
+            status,
+            attempts,
+            START_MS as i64,
+            lease_until,
+            token,
+            due,
+            error,
+            finished
+        ],
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn version_1_file_is_upgraded_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let now = START_MS as i64;
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(QUEUE_SCHEMA_V1).unwrap();
+        for row in [
+            ("pending", 0, 0, Some(now), None, None, None, None),
+            ("retrying", 0, 2, Some(now), None, Some("503"), None, None),
+            (
+                "leased",
+                1,
+                1,
+                Some(now + 30_000),
+                Some(7),
+                None,
+                None,
+                None,
+            ),
+            ("delivered", 2, 1, None, None, None, Some(now), None),
+            ("dead", 3, 3, None, None, Some("410"), Some(now), None),
+            (
+                "line-head",
+                1,
+                1,
+                Some(now + 30_000),
+                Some(8),
+                None,
+                None,
+                Some("CA"),
+            ),
+            ("line-next", 0, 0, Some(now), None, None, None, Some("CA")),
+            ("removed-last", 0, 0, Some(now), None, None, None, None),
+        ] {
+            insert_v1(&conn, row);
+        }
+        // The newest event was removed: its sequence number must not be handed out again.
+        conn.execute("DELETE FROM queue_events WHERE id = 'removed-last'", [])
+            .unwrap();
+        conn.execute(
+            "UPDATE queue_meta SET value = 8 WHERE name = 'next_lease_token'",
+            [],
+        )
+        .unwrap();
+    }
+
+    let clock = ManualClock::new(START_MS);
+    let queue = open(&path, Durability::Batch, &clock);
+    let entry = |id: &'static str| {
+        let q = &queue;
+        async move { q.get(id).await.unwrap().unwrap() }
+    };
+    for (id, status, attempts, error) in [
+        ("pending", EventStatus::Pending, 0, None),
+        ("retrying", EventStatus::Pending, 2, Some("503")),
+        ("leased", EventStatus::Leased, 1, None),
+        ("dead", EventStatus::Dead, 3, Some("410")),
+        ("line-head", EventStatus::Leased, 1, None),
+        ("line-next", EventStatus::Pending, 0, None),
+    ] {
+        let e = entry(id).await;
+        assert_eq!(
+            (e.status, e.attempts, e.last_error.as_deref()),
+            (status, attempts, error),
+            "{id}"
+        );
+        // Every undelivered event keeps its request, byte for byte.
+        let want = tollgate_store::QueuedEvent {
+            order_key: e.event.order_key.clone(),
+            ..event(id, "voice")
+        };
+        assert_eq!(e.event, want, "{id}");
+    }
+    // A delivered event is kept for deduplication only.
+    let delivered = entry("delivered").await;
+    assert_eq!(delivered.status, EventStatus::Delivered);
+    assert!(delivered.event.body.is_empty() && delivered.event.headers.is_empty());
+    assert_eq!(
+        queue.enqueue(&event("delivered", "voice")).await.unwrap(),
+        Enqueued::Duplicate
+    );
+    assert!(queue.get("removed-last").await.unwrap().is_none());
+
+    // Leasing goes on in receipt order; the line waits for its leased head; tokens go on
+    // from the file's counter.
+    let l = queue.lease(None, 10, LEASE).await.unwrap();
+    let ids: Vec<&str> = l.iter().map(|l| l.event.id.as_str()).collect();
+    assert_eq!(ids, ["pending", "retrying"]);
+    assert!(l.iter().all(|l| l.token.get() > 8));
+    assert_eq!(l[1].attempts, 3);
+    assert_eq!(queue.ack(&l[0]).await.unwrap(), Settled::Applied);
+
+    // New events come after every old one, even the removed newest.
+    assert_eq!(
+        queue.enqueue(&event("new", "voice")).await.unwrap(),
+        Enqueued::New
+    );
+    queue.close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let seq = |id: &str| -> i64 {
+        conn.query_row("SELECT seq FROM queue_events WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert!(seq("new") > 8, "a sequence number was handed out twice");
+    assert_eq!(seq("pending"), 1);
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE 'queue%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(tables, ["queue_events", "queue_meta", "queue_requests"]);
+    let version: i64 = conn
+        .query_row(
+            "SELECT value FROM queue_meta WHERE name = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, tollgate_store::queue_sqlite::QUEUE_SCHEMA_VERSION);
+    // Requests of delivered events are gone, the others kept.
+    let requests: i64 = conn
+        .query_row("SELECT count(*) FROM queue_requests", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(requests, 6);
+    drop(conn);
+
+    // Opening it again finds it current and changes nothing.
+    let queue = open(&path, Durability::Batch, &clock);
+    assert_eq!(
+        queue.get("line-next").await.unwrap().unwrap().status,
+        EventStatus::Pending
+    );
+    assert_eq!(
+        queue.get("pending").await.unwrap().unwrap().status,
+        EventStatus::Delivered
+    );
 }

@@ -18,9 +18,9 @@ use tollgate_config::{Route, StaticResponse};
 use tollgate_store::{Enqueued, EventQueue, QueuedEvent, StoredResponse};
 use tollgate_verify::Verified;
 
-use super::forward::{strip_hop_by_hop, verified_header, DROP};
+use super::forward::{connection_named, verified_header, DROP};
 use super::public_url::PublicUrl;
-use crate::metrics as m;
+use crate::metrics::{self as m, RouteMetrics};
 use crate::GatewayError;
 
 /// Pseudo-header holding the request target (path and query) as received. Names starting with
@@ -44,8 +44,8 @@ pub struct Incoming<'a> {
 
 /// The event to store for a verified request.
 pub fn event(route: &Route, verified: &Verified, inc: &Incoming<'_>) -> QueuedEvent {
-    let kept = strip_hop_by_hop(&inc.parts.headers, DROP);
-    let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(kept.len() + 5);
+    let received = &inc.parts.headers;
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(received.len() + 5);
     headers.push((
         TARGET.to_owned(),
         inc.parts
@@ -55,8 +55,12 @@ pub fn event(route: &Route, verified: &Verified, inc: &Incoming<'_>) -> QueuedEv
             .as_bytes()
             .to_vec(),
     ));
+    // What `strip_hop_by_hop` keeps, read in place rather than from a filtered copy of the map.
+    let named = connection_named(received);
     headers.extend(
-        kept.iter()
+        received
+            .iter()
+            .filter(|(k, _)| !DROP.contains(&k.as_str()) && !named.contains(k))
             .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())),
     );
     for (k, v) in [
@@ -86,22 +90,21 @@ pub fn event(route: &Route, verified: &Verified, inc: &Incoming<'_>) -> QueuedEv
 
 /// Stores the event; `Ok` only once it is durable. A duplicate id (the provider's retry of an
 /// event already stored) is acknowledged again without a second copy.
-pub async fn store(
+pub(crate) async fn store(
     queue: &dyn EventQueue,
     route: &Route,
+    handles: &RouteMetrics,
     verified: &Verified,
     inc: &Incoming<'_>,
 ) -> Result<Enqueued, GatewayError> {
-    let ev = event(route, verified, inc);
-    let result = queue.enqueue(&ev).await.map_err(|e| {
-        metrics::counter!(m::STORE_ERRORS, "op" => "enqueue").increment(1);
-        GatewayError::Queue(e)
-    })?;
-    let label = match result {
-        Enqueued::New => "new",
-        Enqueued::Duplicate => "duplicate",
-    };
-    metrics::counter!(m::ENQUEUED, "route" => route.name.clone(), "result" => label).increment(1);
+    let result = queue
+        .enqueue_owned(event(route, verified, inc))
+        .await
+        .map_err(|e| {
+            metrics::counter!(m::STORE_ERRORS, "op" => "enqueue").increment(1);
+            GatewayError::Queue(e)
+        })?;
+    handles.enqueued(result == Enqueued::New);
     Ok(result)
 }
 

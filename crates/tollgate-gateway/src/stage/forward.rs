@@ -25,7 +25,7 @@ use tollgate_store::StoredResponse;
 use tollgate_verify::{Options, SignInput, Verified};
 
 use super::public_url::PublicUrl;
-use crate::metrics::{self as m, RouteMetrics};
+use crate::metrics::RouteMetrics;
 use crate::GatewayError;
 
 /// The pooled keep-alive upstream client (HTTP/1.1; HTTP/2 by ALPN on https upstreams).
@@ -265,21 +265,23 @@ pub fn strip_hop_by_hop(headers: &HeaderMap, extra: &[&str]) -> HeaderMap {
 /// [`strip_hop_by_hop`] on a map the caller owns: a handful of removals instead of a new map
 /// (the order of the remaining fields may change; their values and their order per name do not).
 pub fn strip_in_place(headers: &mut HeaderMap, extra: &[&str]) {
-    if headers.contains_key(http::header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+    for n in connection_named(headers) {
+        headers.remove(n);
     }
     for name in extra {
         headers.remove(*name);
     }
+}
+
+/// The header names the Connection header lists (hop-by-hop by its say); usually none.
+pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect()
 }
 
 /// What the forward needs besides the route and the proof.
@@ -475,26 +477,17 @@ impl Upstream {
     }
 }
 
-/// Sends `req` within the route's `upstream_timeout_ms` and reads the answer (bounded).
+/// Sends `req` over `upstreams` within the route's `upstream_timeout_ms` and reads the answer
+/// (bounded); also says how long it took.
 pub async fn round_trip(
-    client: &Client,
+    upstreams: &Upstreams,
     route: &Route,
     req: http::Request<Full<Bytes>>,
-) -> Result<StoredResponse, GatewayError> {
-    let sent = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| GatewayError::Upstream(Box::new(e)))?;
-        Ok((resp, None))
-    };
-    let (result, elapsed) = exchange(route, sent, None).await;
-    metrics::histogram!(m::UPSTREAM_SECONDS, "route" => route.name.clone())
-        .record(elapsed.as_secs_f64());
-    result.map(|u| u.to_stored())
+) -> (Result<Upstream, GatewayError>, Duration) {
+    exchange(route, upstreams.request(req), Some(upstreams)).await
 }
 
-/// [`round_trip`] without the metric, keeping the answer as received; also says how long it took.
+/// Sends and reads the answer as received (bounded in time and size); also says how long it took.
 async fn exchange(
     route: &Route,
     sent: impl Future<Output = Result<(http::Response<Incoming>, Option<Reusable>), GatewayError>>,

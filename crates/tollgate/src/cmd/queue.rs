@@ -259,6 +259,11 @@ fn show(e: &QueueEntry, now: u64) -> String {
         "last error:    {}",
         e.last_error.as_deref().unwrap_or("-")
     );
+    if e.status == EventStatus::Delivered && ev.method.is_empty() {
+        // The SQLite queue drops the request once the app has it; the id stays for dedupe.
+        let _ = writeln!(s, "request:       not kept after delivery");
+        return s;
+    }
     let _ = writeln!(s, "method:        {}", ev.method);
     let _ = writeln!(s, "url:           {}", ev.url);
     let _ = writeln!(s, "body:          {} bytes", ev.body.len());
@@ -335,5 +340,38 @@ mod tests {
         assert_eq!(parse_age("1d").unwrap(), Duration::from_secs(86_400));
         assert!(parse_age("1w").is_err());
         assert!(parse_age("m").is_err());
+    }
+
+    #[test]
+    fn show_says_when_the_request_was_dropped_on_delivery() {
+        let event = tollgate_store::QueuedEvent {
+            id: "twilio:id:1".into(),
+            route: "twilio".into(),
+            method: String::new(),
+            url: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            received_at_ms: 1_000,
+            order_key: None,
+        };
+        let delivered = QueueEntry {
+            event,
+            status: EventStatus::Delivered,
+            attempts: 1,
+            next_attempt_at_ms: 1_000,
+            lease_until_ms: None,
+            last_error: None,
+        };
+        let text = show(&delivered, 2_000);
+        assert!(
+            text.contains("request:       not kept after delivery"),
+            "{text}"
+        );
+        assert!(!text.contains("body:"), "{text}");
+        let dead = QueueEntry {
+            status: EventStatus::Dead,
+            ..delivered
+        };
+        assert!(show(&dead, 2_000).contains("body:          0 bytes"));
     }
 }
