@@ -333,7 +333,7 @@ fn tls_files(
         let path = PathBuf::from(value.as_ref()?);
         let problem = match std::fs::metadata(&path) {
             Ok(m) if m.is_file() && key == "tls_key" && group_or_other_readable(&m) => {
-                format!("is readable by group or others (a private key); chmod 600 it")
+                "is readable by group or others (a private key); chmod 600 it".to_owned()
             }
             Ok(m) if m.is_file() => return Some(path),
             Ok(_) => "is not a file".to_owned(),
