@@ -23,7 +23,7 @@ mod secret;
 mod state;
 
 pub use lint::{lints, Lint};
-pub use secret::SecretSource;
+pub use secret::{readable_by_others, SecretSource};
 pub use state::{RedisState, RedisTlsFiles, RedisUrl};
 
 use raw::{RawConfig, RawKey, RawRoute};

@@ -43,22 +43,30 @@ pub fn resolve(
     Err("literal secrets are refused; use env:NAME or file:PATH (or set allow_inline_secrets = true)".into())
 }
 
-fn read_file(path: &Path) -> Result<Secret, String> {
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("secret file {shown}: {e}"))?;
+/// The permission bits of a file that its group or others may read or write (`None` if only its
+/// owner may, and always on systems without Unix modes): secret files, TLS private keys.
+pub fn readable_by_others(meta: &std::fs::Metadata) -> Option<u32> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "secret file {shown} is readable by group or others (mode {:o}); chmod 600 it",
-                mode & 0o777
-            ));
-        }
+        let mode = meta.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
     }
     #[cfg(not(unix))]
-    let _ = meta;
+    {
+        let _ = meta;
+        None
+    }
+}
+
+fn read_file(path: &Path) -> Result<Secret, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("secret file {shown}: {e}"))?;
+    if let Some(mode) = readable_by_others(&meta) {
+        return Err(format!(
+            "secret file {shown} is readable by group or others (mode {mode:o}); chmod 600 it"
+        ));
+    }
     let mut bytes = std::fs::read(path).map_err(|e| format!("secret file {shown}: {e}"))?;
     // Editors and `echo` add a final newline that is not part of the key.
     while matches!(bytes.last(), Some(b'\n' | b'\r')) {

@@ -332,7 +332,7 @@ fn tls_files(
     let mut file = |key: &str, value: &Option<String>| -> Option<PathBuf> {
         let path = PathBuf::from(value.as_ref()?);
         let problem = match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() && key == "tls_key" && group_or_other_readable(&m) => {
+            Ok(m) if m.is_file() && key == "tls_key" && crate::readable_by_others(&m).is_some() => {
                 "is readable by group or others (a private key); chmod 600 it".to_owned()
             }
             Ok(m) if m.is_file() => return Some(path),
@@ -376,20 +376,6 @@ fn tls_files(
     }
     let client = cert.zip(key);
     ok.then_some(RedisTlsFiles { ca, client })
-}
-
-/// Whether a file's mode lets anyone but its owner read it (never on non-Unix systems).
-fn group_or_other_readable(meta: &std::fs::Metadata) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        meta.permissions().mode() & 0o077 != 0
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        false
-    }
 }
 
 /// Resolves `env:NAME` / `file:PATH` / the literal and checks it is a URL this build can use.

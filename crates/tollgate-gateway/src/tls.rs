@@ -43,16 +43,12 @@ pub fn acceptor(cfg: &tollgate_config::Tls) -> Result<TlsAcceptor, TlsError> {
         })
     };
     let ca = cfg.client_ca.as_deref().map(read).transpose()?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(&cfg.key).map_err(|source| TlsError::Read {
-            path: cfg.key.display().to_string(),
-            source,
-        })?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(TlsError::KeyReadable(cfg.key.display().to_string()));
-        }
+    let meta = std::fs::metadata(&cfg.key).map_err(|source| TlsError::Read {
+        path: cfg.key.display().to_string(),
+        source,
+    })?;
+    if tollgate_config::readable_by_others(&meta).is_some() {
+        return Err(TlsError::KeyReadable(cfg.key.display().to_string()));
     }
     acceptor_from_pem(&read(&cfg.cert)?, &read(&cfg.key)?, ca.as_deref())
 }

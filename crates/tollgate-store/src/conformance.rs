@@ -126,23 +126,12 @@ impl Reopenable {
 #[macro_export]
 macro_rules! restart_conformance_suite {
     ($name:ident, $make:ident) => {
-        $crate::restart_conformance_suite!(@cases $name, $make;
+        // The cases take the same (subject, clock) as the general suite's, so its arm makes them.
+        $crate::conformance_suite!(@cases $name, $make;
             restart_replays_completed_answers_only,
             restart_forgets_expired_answers,
             a_second_owner_is_refused,
         );
-    };
-    (@cases $name:ident, $make:ident; $($case:ident),* $(,)?) => {
-        mod $name {
-            $(
-                #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let clock = $crate::clock::ManualClock::new($crate::conformance::START_MS);
-                    let subject = super::$make(::std::sync::Arc::clone(&clock)).await;
-                    $crate::conformance::$case(&subject, &clock).await;
-                }
-            )*
-        }
     };
 }
 

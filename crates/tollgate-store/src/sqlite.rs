@@ -379,14 +379,19 @@ impl SqliteStore {
     }
 
     async fn call(&self, op: Op) -> Result<Reply, StoreError> {
-        let stopped = || StoreError::Unavailable(Box::new(SqliteError::WriterStopped));
+        self.send(op)?.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Queues `op` for the writer; its answer arrives on the receiver. Dropping the receiver
+    /// makes the op fire-and-forget (see `group_commit`).
+    fn send(&self, op: Op) -> Result<oneshot::Receiver<Result<Reply, StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .as_ref()
-            .ok_or_else(stopped)?
+            .ok_or_else(writer_stopped)?
             .send(Request { op, reply })
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+            .map_err(|_| writer_stopped())?;
+        Ok(rx)
     }
 
     /// While broken, writes the refused completions again (or a probe row if there are none);
@@ -473,21 +478,13 @@ impl ReplayStore for SqliteStore {
         let row = self.remember(key, response, ttl);
         // The receiver is dropped at once: the writer sees nobody waits (and may linger to
         // group more of these), and hands a refused row to `Writer::unanswered`.
-        let (reply, _) = oneshot::channel();
-        let sent = self.tx.as_ref().is_some_and(|tx| {
-            tx.send(Request {
-                op: Op::Complete(row.clone()),
-                reply,
-            })
-            .is_ok()
-        });
-        if !sent {
-            self.shared.defer(row);
-            return Err(StoreError::Unavailable(Box::new(
-                SqliteError::WriterStopped,
-            )));
+        match self.send(Op::Complete(row.clone())) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.shared.defer(row);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     async fn release(&self, key: &str) -> Result<(), StoreError> {
@@ -924,6 +921,10 @@ fn write_done(
     conn.prepare_cached("INSERT INTO replay_done (key, until_ms, answer) VALUES (?1, ?2, ?3)")?
         .execute(params![&key.0[..], to_sql_ms(until_ms), &answer.id.0[..]])?;
     Ok(())
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable(Box::new(SqliteError::WriterStopped))
 }
 
 /// SQLite integers are signed; a saturated deadline of "forever" is clamped into range.
