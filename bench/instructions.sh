@@ -11,7 +11,7 @@
 #        the load tool sends WARM requests, the counters are zeroed, REQUESTS more are sent, and
 #        the instructions of that window are divided by REQUESTS.
 # Knobs: STORES="memory sqlite"  REQUESTS=3000  WARM=2000  TOP=0 (also list the TOP functions
-#        with the most instructions of their own)
+#        with the most instructions of their own)  KEEP=DIR (copy each callgrind dump there)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -90,6 +90,7 @@ for bin in "${BINS[@]}"; do
         dump=$(ls "$out.$pid".* 2>/dev/null | head -1)
         total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
         printf '| %s | %s | %d |\n' "$bin" "$store" $((total / REQUESTS))
+        [[ -n ${KEEP:-} ]] && mkdir -p "$KEEP" && cp "$dump" "$KEEP/$(basename "$bin").$store.callgrind"
         if [[ $TOP -gt 0 ]]; then
             python3 "$ROOT/bench/callgrind_self.py" "$dump" "$REQUESTS" "$TOP" | sed 's/^/    /'
         fi

@@ -264,12 +264,19 @@ pub fn strip_hop_by_hop(headers: &HeaderMap, extra: &[&str]) -> HeaderMap {
 
 /// [`strip_hop_by_hop`] on a map the caller owns: a handful of removals instead of a new map
 /// (the order of the remaining fields may change; their values and their order per name do not).
+///
+/// One pass over the names present (a webhook carries about ten) finds the few to remove; asking
+/// the map for each listed name instead parsed and hashed all seventeen of them on every request,
+/// about a tenth of the gateway's own work per request (callgrind).
 pub fn strip_in_place(headers: &mut HeaderMap, extra: &[&str]) {
-    for n in connection_named(headers) {
-        headers.remove(n);
-    }
-    for name in extra {
-        headers.remove(*name);
+    let named = connection_named(headers);
+    let gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| extra.contains(&k.as_str()) || named.contains(k))
+        .cloned()
+        .collect();
+    for name in &gone {
+        headers.remove(name);
     }
 }
 
@@ -533,4 +540,51 @@ fn app_message_id(event_key: &str) -> String {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(event_key.as_bytes());
     format!("tg_{}", hex::encode(&d[..16]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_removes_listed_and_connection_named_headers_and_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "hooks.example.com"),
+            ("connection", "keep-alive, X-Hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("content-length", "12"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-twilio-signature", "sig"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_in_place(&mut h, DROP);
+        let mut left: Vec<(&str, &str)> = h
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ("accept", "a"),
+                ("accept", "b"),
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-twilio-signature", "sig"),
+            ]
+        );
+
+        // An answer keeps what only a request must lose (the first nine are hop-by-hop proper).
+        let mut answer = HeaderMap::new();
+        answer.insert("content-length", HeaderValue::from_static("3"));
+        answer.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        strip_in_place(&mut answer, &DROP[..9]);
+        assert_eq!(answer.len(), 1);
+        assert!(answer.contains_key("content-length"));
+    }
 }
