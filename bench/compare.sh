@@ -5,6 +5,8 @@
 #   (c) tollgate tollgate serve: Twilio HMAC-SHA1 verify + dedupe + forward to the upstream,
 #                with the SQLite store (fsync = "batch") and with the memory store
 #   (d) express  one Node process: Express + the official twilio.webhook() middleware
+#   (e) hop      `tollgate bench hop`: a bare proxy on tollgate's HTTP stack and threading that
+#                verifies nothing, the floor under (c) (opt in: ONLY="... hop")
 # Every request is a distinct, validly signed ~960-byte Twilio voice webhook, pre-signed by
 # `tollgate bench load` for https://hooks.example.com/hooks/twilio; the same requests go to every target.
 # Then open-loop runs at half of (a)'s peak rate, and at half of the slowest tollgate's peak, give
@@ -14,7 +16,7 @@
 # Knobs (environment): DURATION=10 (s per measured run)  WARMUP=2 (s)  CONNS=64  ROUNDS=3
 #   REQUESTS=300000 (pre-signed per run; a run ends at DURATION or when all are sent)
 #   LOADER_THREADS=2  UPSTREAM_THREADS=2  SKIP_BUILD=1 (use target/release/tollgate as is)
-#   ONLY="direct nginx tollgate-sqlite tollgate-memory express" (subset)  OUT=file (copy the report)
+#   ONLY="direct nginx tollgate-sqlite tollgate-memory express" (subset; add hop for (e))  OUT=file (copy the report)
 # Everything runs on 127.0.0.1 on free ports, every run is bounded in time, and every process the
 # script starts is stopped (by pid) and its temp dir removed on exit.
 set -euo pipefail
@@ -117,6 +119,14 @@ start_tollgate() {
     local cfg
     cfg=$(tollgate_config "$1" "$TARGET_PORT" "$(free_port)")
     "$TG" serve --config "$cfg" >>"$WORK/tollgate-$1.log" 2>&1 &
+    PIDS+=("$!")
+    SERVER_PIDS=("$!")
+    wait_port "$TARGET_PORT"
+}
+start_hop() {
+    TARGET_PORT=$(free_port)
+    "$TG" bench hop --listen "127.0.0.1:$TARGET_PORT" --upstream "127.0.0.1:$UP_PORT" \
+        >"$WORK/hop.log" 2>&1 &
     PIDS+=("$!")
     SERVER_PIDS=("$!")
     wait_port "$TARGET_PORT"

@@ -38,6 +38,7 @@ const LABEL = {
   'tollgate-sqlite': '(c) tollgate, SQLite fsync=batch',
   'tollgate-memory': '(c) tollgate, memory store',
   express: '(d) Express + twilio.webhook()',
+  hop: '(e) bare hop on tollgate\'s HTTP stack (verifies nothing)',
 };
 const f = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : '–');
 const mib = (kb) => f(kb / 1024, 1);
@@ -76,7 +77,13 @@ for (const c of ['tollgate-sqlite', 'tollgate-memory']) {
   if (Number.isFinite(cd)) row(`(c ${tag}) / (d) Express, rps`, `${f(cd, 1)}×`, '≥ 10×', cd >= 10);
   if (Number.isFinite(ca)) row(`(c ${tag}) / (a) direct, rps`, `${f(ca, 2)}×`, '(for reference)', true);
   const hwm = maxOf(c, 'max', 'hwm_kb');
+  const ce = rps(c) / rps('hop');
+  if (Number.isFinite(ce)) row(`(c ${tag}) / (e) bare hop, rps`, `${f(ce * 100)} %`, '(for reference)', true);
   row(`(c ${tag}) peak RSS under load`, `${mib(hwm)} MiB`, '≤ 64 MiB', hwm <= 64 * 1024);
+}
+if (groups.has('hop@max') && groups.has('nginx@max')) {
+  const eb = rps('hop') / rps('nginx');
+  p(`| (e) bare hop / (b) nginx, rps | ${f(eb * 100)} % | (the stack's floor) | – |`);
 }
 const rates = [...new Set([...groups.keys()].map((k) => k.split('@')[1]).filter((r) => r !== 'max'))];
 for (const halfRate of rates) {

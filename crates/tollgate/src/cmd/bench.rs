@@ -9,6 +9,10 @@
 //!   `RESULT key=value ...` line.
 //! - `tollgate bench upstream` is a minimal hyper app that reads the body and answers
 //!   `<Response/>`: the upstream of the comparison, meant never to be the bottleneck.
+//! - `tollgate bench hop` is a bare HTTP/1.1 reverse proxy on the same stack and threading as
+//!   `tollgate serve` (hyper server and client, one single-threaded event loop per core, each
+//!   with its own upstream connections) that verifies, deduplicates and logs nothing: the floor
+//!   that stack puts under tollgate's cost, measured beside nginx's plain hop.
 //!
 //! Everything is bounded: a run stops by itself after `--duration` or `--requests`.
 
@@ -42,6 +46,8 @@ enum Sub {
     Load(LoadArgs),
     /// A minimal upstream answering `<Response/>`.
     Upstream(UpstreamArgs),
+    /// A bare reverse proxy on tollgate's HTTP stack (no verification): the stack's floor.
+    Hop(HopArgs),
 }
 
 /// Arguments of `tollgate bench load`.
@@ -95,11 +101,26 @@ pub struct UpstreamArgs {
     threads: usize,
 }
 
+/// Arguments of `tollgate bench hop`.
+#[derive(Debug, clap::Args)]
+pub struct HopArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Where to forward (plain HTTP/1.1).
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// Serving threads, each with its own event loop (as `[server] workers`).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.cmd {
         Sub::Load(a) => load(a),
         Sub::Upstream(a) => upstream(a),
+        Sub::Hop(a) => hop(a),
     }
 }
 
@@ -139,6 +160,112 @@ fn upstream(args: UpstreamArgs) -> anyhow::Result<ExitCode> {
             });
         }
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// hop
+
+/// Idle upstream connections of one serving thread.
+type Idle = Arc<Mutex<Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>>;
+
+fn hop(args: HopArgs) -> anyhow::Result<ExitCode> {
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
+    listener.set_nonblocking(true)?;
+    println!("bench hop listening on http://{}", args.listen);
+    let threads = (0..args.threads.max(1))
+        .map(|_| {
+            let listener = listener.try_clone()?;
+            let upstream = args.upstream;
+            Ok(std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime");
+                runtime.block_on(hop_loop(listener, upstream))
+            }))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow!("a hop thread panicked"))?
+            .context("hop thread")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn hop_loop(listener: std::net::TcpListener, upstream: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let idle: Idle = Arc::default();
+    let host = http::HeaderValue::from_str(&upstream.to_string())?;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (idle, host) = (Arc::clone(&idle), host.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let (idle, host) = (Arc::clone(&idle), host.clone());
+                async move {
+                    Ok::<_, Infallible>(match hop_one(req, upstream, &idle, host).await {
+                        Ok(resp) => resp,
+                        Err(_) => {
+                            let mut r = http::Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                            r
+                        }
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Forwards one request: body read whole, hop-by-hop headers dropped, origin-form target.
+async fn hop_one(
+    req: http::Request<hyper::body::Incoming>,
+    upstream: SocketAddr,
+    idle: &Idle,
+    host: http::HeaderValue,
+) -> anyhow::Result<http::Response<Full<Bytes>>> {
+    let (mut parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    for name in [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+    ] {
+        parts.headers.remove(name);
+    }
+    parts.headers.insert(http::header::HOST, host);
+    let mut out = http::Request::new(Full::new(body));
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = parts.uri;
+    *out.headers_mut() = parts.headers;
+    let kept = idle.lock().map_err(|_| anyhow!("poisoned"))?.pop();
+    let mut sender = match kept {
+        Some(s) if !s.is_closed() => s,
+        _ => {
+            let stream = tokio::net::TcpStream::connect(upstream).await?;
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+    };
+    let resp = sender.send_request(out).await?;
+    let (mut parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    idle.lock().map_err(|_| anyhow!("poisoned"))?.push(sender);
+    parts.headers.remove("connection");
+    parts.headers.remove("transfer-encoding");
+    Ok(http::Response::from_parts(parts, Full::new(body)))
 }
 
 // ---------------------------------------------------------------------------------------------
