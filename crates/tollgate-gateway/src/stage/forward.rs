@@ -367,10 +367,7 @@ pub(crate) async fn send(
             headers.insert(HeaderName::from_static(name), v);
         }
     };
-    set(
-        "x-forwarded-for",
-        HeaderValue::try_from(client_ip.to_string()),
-    );
+    set("x-forwarded-for", ip_value(client_ip));
     set(
         "x-forwarded-proto",
         match public.scheme.as_str() {
@@ -407,6 +404,33 @@ pub(crate) async fn send(
         Box::pin(exchange(route, upstreams.request(req), Some(upstreams))).await;
     handles.upstream_seconds(elapsed.as_secs_f64());
     result
+}
+
+/// An IP address as a header value. IPv4 is written by hand: through `Display` it went through the
+/// formatting machinery octet by octet, several times the cost of the bytes themselves.
+fn ip_value(ip: IpAddr) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::try_from(ip.to_string());
+    };
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n])
 }
 
 /// The `Tollgate-Verified` value: which provider and key verified the request.
@@ -545,6 +569,19 @@ fn app_message_id(event_key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_values_are_what_display_writes() {
+        let edges = [0u8, 1, 9, 10, 99, 100, 199, 200, 249, 250, 255];
+        for a in edges {
+            for b in edges {
+                let ip = IpAddr::from([a, b, 255 - a, 9]);
+                assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+            }
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(ip_value(v6).unwrap(), "2001:db8::1");
+    }
 
     #[test]
     fn strip_removes_listed_and_connection_named_headers_and_keeps_the_rest() {
