@@ -387,8 +387,10 @@ impl EventQueue for SqliteQueue {
 ///
 /// status: 0 pending, 1 leased, 2 delivered, 3 dead. `due_ms` is when a live event is next due
 /// (next_attempt_at_ms when pending, lease_until_ms when leased) and NULL otherwise, so one
-/// partial index serves `lease`. AUTOINCREMENT keeps `seq` (receipt order) from ever being
-/// reused after deletes, which per-key ordering relies on.
+/// partial index serves `lease`. `seq` is receipt order: a new row's is above every row's in the
+/// table, which is all that per-key lines and lease order need. (No AUTOINCREMENT: a number freed
+/// by removing the newest event may come back, and AUTOINCREMENT cost a `sqlite_sequence` write
+/// per enqueue. Files created before keep their AUTOINCREMENT; both work alike.)
 ///
 /// The request (method, URL, headers, body) lives in `queue_requests`, apart from the small row
 /// that leases and settlements rewrite: SQLite writes whole pages to the WAL and again into the
@@ -397,7 +399,7 @@ impl EventQueue for SqliteQueue {
 /// delivered event stays (for `dedupe_ttl_secs`) only as the small row holding its id.
 const TABLES: &str = "
     CREATE TABLE queue_events (
-        seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq                INTEGER PRIMARY KEY,
         id                 TEXT NOT NULL UNIQUE,
         route              TEXT NOT NULL,
         received_at_ms     INTEGER NOT NULL,
@@ -431,8 +433,7 @@ const INDEXES: &str = "
     CREATE INDEX queue_events_finished ON queue_events (finished_at_ms) WHERE status = 2;";
 
 /// Version 1 kept the request in `queue_events`, and every event in the status index. The
-/// rows keep their `seq` (receipt order, which per-key lines and lease order follow) and the
-/// AUTOINCREMENT counter carries over, so a sequence number is never handed out twice; requests
+/// rows keep their `seq` (receipt order, which per-key lines and lease order follow); requests
 /// of delivered events are not carried over.
 const UPGRADE_FROM_V1: &str = "
     DROP INDEX queue_events_due;
@@ -451,8 +452,6 @@ const COPY_FROM_V1: &str = "
     INSERT INTO queue_requests (seq, method, url, headers, body)
         SELECT seq, method, url, headers, body FROM queue_events_v1 WHERE status <> 2
         ORDER BY seq;
-    DELETE FROM sqlite_sequence WHERE name = 'queue_events';
-    UPDATE sqlite_sequence SET name = 'queue_events' WHERE name = 'queue_events_v1';
     DROP TABLE queue_events_v1;";
 
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
