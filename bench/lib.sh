@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Helpers shared by the bench scripts (compare.sh, queue.sh): logging, the temp dir with the
-# started processes and their cleanup, free loopback ports, CPU and memory of processes. Source it after ROOT is set:
+# started processes and their cleanup, free loopback ports, a private redis-server, CPU and memory
+# of processes. Source it after ROOT is set:
 #   source "$ROOT/bench/lib.sh"
 # Defines functions only; `bench_workdir` sets WORK, PIDS and the exit traps.
 
@@ -69,4 +70,20 @@ mem_kb() {
         t=$((t + ${v:-0}))
     done
     echo "$t"
+}
+
+# start_redis <dir>: a redis-server of our own on a free loopback port (never the machine's
+# shared one on 6379), with files in <dir>, added to PIDS; sets REDIS_PORT and REDIS_PID.
+# Persistence is the AOF with `appendfsync everysec` (Redis's usual durable setting: a write is
+# in the AOF before Redis answers and fsynced within a second, like SQLite's fsync = "batch"),
+# and no RDB snapshots.
+start_redis() {
+    mkdir -p "$1"
+    REDIS_PORT=$(free_port)
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$1" --save '' \
+        --appendonly yes --appendfsync everysec --protected-mode yes \
+        --logfile "$1/redis.log" --daemonize no >/dev/null 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_port "$REDIS_PORT"
 }

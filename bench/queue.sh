@@ -11,7 +11,9 @@
 # Usage: bench/queue.sh   (from anywhere; builds target/release/tollgate unless SKIP_BUILD=1)
 # Knobs (environment): DURATION=8 (s per measured run)  CONNS=64  ROUNDS=1  REQUESTS=400000
 #   OLD=/path/to/old/tollgate  NEW=target/release/tollgate
-#   ONLY="queue-sqlite proxy-sqlite nginx" (also: queue-memory, queue-sqlite-always)
+#   ONLY="queue-sqlite queue-redis proxy-sqlite nginx" (also: queue-memory, queue-sqlite-always)
+# queue-redis starts a redis-server of its own per run (free port, AOF with appendfsync everysec,
+# no RDB snapshots; see start_redis in bench/lib.sh) and counts its CPU with tollgate's.
 # Run it under `flock /tmp/tollgate-bench.lock bench/queue.sh` on a shared machine.
 # Everything runs on 127.0.0.1 on free ports, every run is bounded in time, and every process the
 # script starts is stopped (by pid) and its temp dir removed on exit.
@@ -24,7 +26,7 @@ DURATION=${DURATION:-8}
 CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-1}
 REQUESTS=${REQUESTS:-400000}
-ONLY=${ONLY:-"queue-sqlite proxy-sqlite nginx"}
+ONLY=${ONLY:-"queue-sqlite queue-redis proxy-sqlite nginx"}
 NEW=${NEW:-$ROOT/target/release/tollgate}
 OLD=${OLD:-}
 DRAIN_LIMIT=${DRAIN_LIMIT:-30}
@@ -65,6 +67,8 @@ reload_poll_secs = 0
 EOF
         if [[ $state == sqlite ]]; then
             printf '[state]\nbackend = "sqlite"\npath = "%s"\nfsync = "%s"\n\n' "$WORK/tg-$port.db" "$fsync"
+        elif [[ $state == redis ]]; then
+            printf '[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s/0"\n\n' "$REDIS_PORT"
         else
             printf '[state]\nbackend = "memory"\n\n'
         fi
@@ -127,13 +131,18 @@ measure() { # round binary-label binary target
     queue-sqlite) start_tollgate "$bin" queue sqlite batch ;;
     queue-sqlite-always) start_tollgate "$bin" queue sqlite always ;;
     queue-memory) start_tollgate "$bin" queue memory batch ;;
+    queue-redis)
+        start_redis "$WORK/redis-r$round-$blabel"
+        start_tollgate "$bin" queue redis batch
+        ;;
     proxy-sqlite) start_tollgate "$bin" proxy sqlite batch ;;
     nginx) start_nginx ;;
     esac
     SEQ=$((SEQ + 1))
     out="$WORK/r$round-$blabel-$target.out"
-    local c0 cpu=- hwm=-
-    c0=$(cpu_ticks "$SERVER_PID")
+    local c0 cpu=- hwm=- cpu_pids=("$SERVER_PID")
+    if [[ $target == queue-redis ]]; then cpu_pids+=("$REDIS_PID"); fi
+    c0=$(cpu_ticks "${cpu_pids[@]}")
     "$NEW" bench load --config "$SIGN_CONFIG" --route twilio --url "$PUBLIC_URL" \
         --target "http://127.0.0.1:$TARGET_PORT" -c "$CONNS" --threads 2 -d "$DURATION" \
         -n "$REQUESTS" --seed "q$SEQ-$RANDOM$RANDOM" --label "$blabel-$target" >"$out" 2>&1 ||
@@ -164,10 +173,11 @@ measure() { # round binary-label binary target
             sleep 0.1
         done
     fi
-    # tollgate's CPU from the load's start until the queue drained (acceptance and delivery), per
-    # answer; nginx's work is in its worker processes, not measured here.
+    # tollgate's CPU (with queue-redis, plus redis-server's) from the load's start until the queue
+    # drained (acceptance and delivery), per answer; nginx's work is in its worker processes, not
+    # measured here.
     if [[ $target != nginx ]]; then
-        cpu=$(awk -v d=$(($(cpu_ticks "$SERVER_PID") - c0)) -v n="$answered" -v t="$TICK" \
+        cpu=$(awk -v d=$(($(cpu_ticks "${cpu_pids[@]}") - c0)) -v n="$answered" -v t="$TICK" \
             'BEGIN{printf "%.1f", n ? d * 1e6 / t / n : 0}')
         hwm=$(mem_kb VmHWM "$SERVER_PID")
     fi
@@ -175,6 +185,7 @@ measure() { # round binary-label binary target
         "$answered" "$ok" "$non2xx" "$drained" "$cpu" "$hwm" >>"$WORK/results.tsv"
     log "$(tail -1 "$WORK/results.tsv")"
     stop "$SERVER_PID"
+    if [[ $target == queue-redis ]]; then stop "$REDIS_PID"; fi
 }
 
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $ROUNDS round(s) of ${DURATION}s, $CONNS connections"

@@ -41,6 +41,18 @@ pub(crate) trait Work: Send + 'static {
     /// Runs one operation inside the current transaction.
     fn apply(&self, op: &Self::Op) -> Result<Self::Reply, StoreError>;
 
+    /// Runs every operation of a batch, in order, inside the current transaction. A work that
+    /// can share something across a batch (prepared statements) overrides it.
+    fn apply_all<'a>(
+        &self,
+        ops: impl Iterator<Item = &'a Self::Op>,
+    ) -> Result<Vec<Self::Reply>, StoreError>
+    where
+        Self::Op: 'a,
+    {
+        ops.map(|op| self.apply(op)).collect()
+    }
+
     /// Periodic clean-up between batches; a failure is simply retried next interval.
     fn housekeeping(&self);
 
@@ -169,10 +181,7 @@ fn try_batch<W: Work>(
         .prepare_cached("BEGIN IMMEDIATE")
         .and_then(|mut s| s.execute([]))
         .map_err(|e| query_error("begin", e))?;
-    let mut replies = Vec::with_capacity(batch.len());
-    for req in batch {
-        replies.push(work.apply(&req.op)?);
-    }
+    let replies = work.apply_all(batch.iter().map(|req| &req.op))?;
     work.conn()
         .prepare_cached("COMMIT")
         .and_then(|mut s| s.execute([]))

@@ -451,6 +451,41 @@ const QUEUE_SCHEMA_V1: &str = "
     CREATE INDEX queue_events_stats ON queue_events (status, route, received_at_ms);
     CREATE INDEX queue_events_finished ON queue_events (finished_at_ms) WHERE status = 2;";
 
+/// The one value `sql` selects.
+fn scalar<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, sql: &str) -> T {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// The names `sql` selects, in order.
+fn names(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+    conn.prepare(sql)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn schema_version(conn: &rusqlite::Connection) -> i64 {
+    scalar(
+        conn,
+        "SELECT value FROM queue_meta WHERE name = 'schema_version'",
+    )
+}
+
+/// The header encoding of versions 1 and 2: a u32 count, then per header a u32-prefixed name
+/// and value.
+fn old_headers(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = (headers.len() as u32).to_be_bytes().to_vec();
+    for (k, v) in headers {
+        out.extend((k.len() as u32).to_be_bytes());
+        out.extend(k.as_bytes());
+        out.extend((v.len() as u32).to_be_bytes());
+        out.extend(v);
+    }
+    out
+}
+
 /// A row as version 1 wrote it: (id, status, attempts, due_ms, lease_token, last_error,
 /// finished_at_ms, order_key), with the request of `event(id, "voice")`.
 #[allow(clippy::type_complexity)]
@@ -472,14 +507,7 @@ fn insert_v1(
         order_key: key.map(str::to_owned),
         ..event(id, "voice")
     };
-    // The v1 header encoding: a u32 count, then per header a u32-prefixed name and value.
-    let mut headers = (e.headers.len() as u32).to_be_bytes().to_vec();
-    for (k, v) in &e.headers {
-        headers.extend((k.len() as u32).to_be_bytes());
-        headers.extend(k.as_bytes());
-        headers.extend((v.len() as u32).to_be_bytes());
-        headers.extend(v);
-    }
+    let headers = old_headers(&e.headers);
     let lease_until = if status == 1 { due } else { None };
     conn.execute(
         "INSERT INTO queue_events (id, route, method, url, headers, body, received_at_ms,
@@ -602,7 +630,7 @@ async fn version_1_file_is_upgraded_at_open() {
     assert_eq!(l[1].attempts, 3);
     assert_eq!(queue.ack(&l[0]).await.unwrap(), Settled::Applied);
 
-    // New events come after every old one, even the removed newest.
+    // New events come after every old one still held.
     assert_eq!(
         queue.enqueue(&event("new", "voice")).await.unwrap(),
         Enqueued::New
@@ -615,29 +643,25 @@ async fn version_1_file_is_upgraded_at_open() {
         })
         .unwrap()
     };
-    assert!(seq("new") > 8, "a sequence number was handed out twice");
+    assert!(
+        seq("new") > seq("line-next"),
+        "a new event before an old one"
+    );
     assert_eq!(seq("pending"), 1);
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE 'queue%' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let tables = names(
+        &conn,
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE 'queue%' ORDER BY name",
+    );
     assert_eq!(tables, ["queue_events", "queue_meta", "queue_requests"]);
-    let version: i64 = conn
-        .query_row(
-            "SELECT value FROM queue_meta WHERE name = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(version, tollgate_store::queue_sqlite::QUEUE_SCHEMA_VERSION);
+    assert_eq!(
+        schema_version(&conn),
+        tollgate_store::queue_sqlite::QUEUE_SCHEMA_VERSION
+    );
     // Requests of delivered events are gone, the others kept.
-    let requests: i64 = conn
-        .query_row("SELECT count(*) FROM queue_requests", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(requests, 6);
+    assert_eq!(
+        scalar::<i64>(&conn, "SELECT count(*) FROM queue_requests"),
+        6
+    );
     drop(conn);
 
     // Opening it again finds it current and changes nothing.
@@ -650,4 +674,167 @@ async fn version_1_file_is_upgraded_at_open() {
         queue.get("pending").await.unwrap().unwrap().status,
         EventStatus::Delivered
     );
+}
+
+/// The queue schema version 2 (requests in their own table, the status index), exactly as it
+/// created it.
+const QUEUE_SCHEMA_V2: &str = "
+    CREATE TABLE queue_meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO queue_meta (name, value) VALUES ('schema_version', 2), ('next_lease_token', 0);
+    CREATE TABLE queue_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        route TEXT NOT NULL, received_at_ms INTEGER NOT NULL, order_key TEXT,
+        status INTEGER NOT NULL, attempts INTEGER NOT NULL, next_attempt_at_ms INTEGER NOT NULL,
+        lease_until_ms INTEGER, lease_token INTEGER, due_ms INTEGER, last_error TEXT,
+        finished_at_ms INTEGER);
+    CREATE TABLE queue_requests (seq INTEGER PRIMARY KEY, method TEXT NOT NULL, url TEXT NOT NULL,
+        headers BLOB NOT NULL, body BLOB NOT NULL);
+    CREATE INDEX queue_events_due ON queue_events (due_ms, seq) WHERE status IN (0, 1);
+    CREATE INDEX queue_events_line ON queue_events (route, order_key, seq)
+        WHERE status IN (0, 1) AND order_key IS NOT NULL;
+    CREATE INDEX queue_events_undelivered ON queue_events (status, route, received_at_ms)
+        WHERE status <> 2;
+    CREATE INDEX queue_events_finished ON queue_events (finished_at_ms) WHERE status = 2;";
+
+/// A file written by version 2 opens as version 3 (new indexes, same tables: its
+/// AUTOINCREMENT stays), with every event where it was, and goes on working.
+#[tokio::test]
+async fn version_2_file_is_upgraded_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let clock = ManualClock::new(START_MS);
+    // Events in every state, as version 2 wrote them.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(QUEUE_SCHEMA_V2).unwrap();
+        let now = START_MS as i64;
+        for (id, route, status, due, token, finished) in [
+            ("pending", "voice", 0, Some(now), None, None),
+            ("leased", "voice", 1, Some(now + 30_000), Some(3), None),
+            ("delivered", "voice", 2, None, None, Some(now)),
+            ("dead", "sms", 3, None, None, Some(now)),
+            ("pending-sms", "sms", 0, Some(now), None, None),
+            ("removed-last", "voice", 0, Some(now), None, None),
+        ] {
+            let e = event(id, route);
+            conn.execute(
+                "INSERT INTO queue_events (id, route, received_at_ms, status, attempts,
+                     next_attempt_at_ms, lease_until_ms, lease_token, due_ms, finished_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                rusqlite::params![
+                    id,
+                    route,
+                    e.received_at_ms as i64,
+                    status,
+                    i64::from(status == 1),
+                    now,
+                    if status == 1 { due } else { None },
+                    token,
+                    due,
+                    finished
+                ],
+            )
+            .unwrap();
+            if status != 2 {
+                conn.execute(
+                    "INSERT INTO queue_requests (seq, method, url, headers, body)
+                     VALUES (last_insert_rowid(), ?1, ?2, ?3, ?4)",
+                    rusqlite::params![e.method, e.url, old_headers(&e.headers), e.body],
+                )
+                .unwrap();
+            }
+        }
+        conn.execute_batch(
+            "DELETE FROM queue_requests WHERE seq =
+                 (SELECT seq FROM queue_events WHERE id = 'removed-last');
+             DELETE FROM queue_events WHERE id = 'removed-last';
+             UPDATE queue_meta SET value = 3 WHERE name = 'next_lease_token';",
+        )
+        .unwrap();
+    }
+
+    let queue = open(&path, Durability::Batch, &clock);
+    let stats = queue.stats().await.unwrap();
+    let voice = stats.route("voice").unwrap();
+    assert_eq!((voice.pending, voice.leased, voice.dead), (1, 1, 0));
+    let sms = stats.route("sms").unwrap();
+    assert_eq!((sms.pending, sms.leased, sms.dead), (1, 0, 1));
+    assert_eq!(
+        queue.get("pending").await.unwrap().unwrap().event,
+        event("pending", "voice")
+    );
+    assert_eq!(
+        queue.enqueue(&event("delivered", "voice")).await.unwrap(),
+        Enqueued::Duplicate
+    );
+    let l = queue.lease(None, 10, LEASE).await.unwrap();
+    let ids: Vec<&str> = l.iter().map(|l| l.event.id.as_str()).collect();
+    assert_eq!(ids, ["pending", "pending-sms"]);
+    assert_eq!(l[0].event, event("pending", "voice"));
+    assert!(l.iter().all(|l| l.token.get() > 3));
+    assert_eq!(queue.ack(&l[0]).await.unwrap(), Settled::Applied);
+    assert_eq!(
+        queue.enqueue(&event("new", "voice")).await.unwrap(),
+        Enqueued::New
+    );
+    let stats = queue.stats().await.unwrap();
+    let voice = stats.route("voice").unwrap();
+    assert_eq!((voice.pending, voice.leased, voice.dead), (1, 1, 0));
+    queue.close().await;
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(
+        schema_version(&conn),
+        tollgate_store::queue_sqlite::QUEUE_SCHEMA_VERSION
+    );
+    let indexes = names(
+        &conn,
+        "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'queue_events'
+             AND sql IS NOT NULL ORDER BY name",
+    );
+    assert_eq!(
+        indexes,
+        [
+            "queue_events_dead",
+            "queue_events_due",
+            "queue_events_finished",
+            "queue_events_line"
+        ]
+    );
+    // The table was kept as it was: its AUTOINCREMENT still never hands out a number twice.
+    let seq: i64 = scalar(&conn, "SELECT seq FROM queue_events WHERE id = 'new'");
+    assert!(
+        seq > 6,
+        "the removed newest event's number was handed out again"
+    );
+}
+
+/// A new file's events table has no AUTOINCREMENT (no `sqlite_sequence` write per enqueue), and
+/// a new event still comes after every event held.
+#[tokio::test]
+async fn new_file_numbers_events_without_autoincrement() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let queue = open(&path, Durability::Batch, &ManualClock::new(START_MS));
+    for id in ["a", "b", "c"] {
+        queue.enqueue(&event(id, "voice")).await.unwrap();
+    }
+    assert!(queue.remove("c").await.unwrap());
+    assert!(queue.remove("a").await.unwrap());
+    queue.enqueue(&event("d", "voice")).await.unwrap();
+    let l = queue.lease(None, 10, LEASE).await.unwrap();
+    let ids: Vec<&str> = l.iter().map(|l| l.event.id.as_str()).collect();
+    assert_eq!(ids, ["b", "d"]);
+    assert_eq!(l[1].event, event("d", "voice"));
+    queue.close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let sql: String = scalar(
+        &conn,
+        "SELECT sql FROM sqlite_schema WHERE name = 'queue_events'",
+    );
+    assert!(!sql.contains("AUTOINCREMENT"), "{sql}");
+    assert!(names(
+        &conn,
+        "SELECT name FROM sqlite_schema WHERE name = 'sqlite_sequence'"
+    )
+    .is_empty());
 }
