@@ -911,6 +911,8 @@ fn write_answer(conn: &Connection, until_ms: u64, answer: &Answer) -> rusqlite::
     Ok(changed > 0)
 }
 
+const INSERT_DONE: &str = "INSERT INTO replay_done (key, until_ms, answer) VALUES (?1, ?2, ?3)";
+
 /// Appends the completion row itself.
 fn write_done(
     conn: &Connection,
@@ -918,8 +920,18 @@ fn write_done(
     until_ms: u64,
     answer: &Answer,
 ) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO replay_done (key, until_ms, answer) VALUES (?1, ?2, ?3)")?
-        .execute(params![&key.0[..], to_sql_ms(until_ms), &answer.id.0[..]])?;
+    let mut insert = conn.prepare_cached(INSERT_DONE)?;
+    write_done_with(&mut insert, key, until_ms, answer)
+}
+
+/// [`write_done`] with the statement already prepared.
+fn write_done_with(
+    insert: &mut rusqlite::Statement<'_>,
+    key: &KeyHash,
+    until_ms: u64,
+    answer: &Answer,
+) -> rusqlite::Result<()> {
+    insert.execute(params![&key.0[..], to_sql_ms(until_ms), &answer.id.0[..]])?;
     Ok(())
 }
 
@@ -978,6 +990,29 @@ impl group_commit::Work for Writer {
         Writer::apply(self, op)
     }
 
+    /// Completions share one prepared insert a batch: a lookup in rusqlite's statement cache
+    /// (hashing the SQL text) cost about as much as a tenth of the insert itself.
+    fn apply_all<'a>(&self, ops: impl Iterator<Item = &'a Op>) -> Result<Vec<Reply>, StoreError> {
+        let mut insert = None;
+        ops.map(|op| match op {
+            Op::Complete(row) => {
+                let insert = match &mut insert {
+                    Some(s) => s,
+                    None => insert.insert(
+                        self.conn
+                            .prepare_cached(INSERT_DONE)
+                            .map_err(|e| query_error("complete", e))?,
+                    ),
+                };
+                self.complete(row, insert)
+                    .map_err(|e| query_error("complete", e))?;
+                Ok(Reply::Unit)
+            }
+            other => Writer::apply(self, other),
+        })
+        .collect()
+    }
+
     fn housekeeping(&self) {
         let now = self.clock.now_ms();
         self.stored.borrow_mut().retain(|_, until| *until > now);
@@ -1006,7 +1041,7 @@ impl group_commit::Work for Writer {
 
 impl Writer {
     /// [`write_row`], skipping the answer's statement when it is known to be stored long enough.
-    fn complete(&self, row: &Row) -> rusqlite::Result<()> {
+    fn complete(&self, row: &Row, insert: &mut rusqlite::Statement<'_>) -> rusqlite::Result<()> {
         let id = row.answer.id;
         let known = self.stored.borrow().get(&id).copied();
         if known.is_none_or(|until| until < row.until_ms) {
@@ -1026,14 +1061,17 @@ impl Writer {
             }
             known.insert(id, until);
         }
-        write_done(&self.conn, &row.key, row.until_ms, &row.answer)
+        write_done_with(insert, &row.key, row.until_ms, &row.answer)
     }
 
     fn apply(&self, op: &Op) -> Result<Reply, StoreError> {
         let now = self.clock.now_ms();
         match op {
             Op::Complete(row) => {
-                self.complete(row).map_err(|e| query_error("complete", e))?;
+                self.conn
+                    .prepare_cached(INSERT_DONE)
+                    .and_then(|mut insert| self.complete(row, &mut insert))
+                    .map_err(|e| query_error("complete", e))?;
                 Ok(Reply::Unit)
             }
             Op::Probe(rows) => {
@@ -1257,11 +1295,13 @@ mod writer_tests {
         let conn = writer.conn();
 
         conn.execute_batch("BEGIN").unwrap();
-        writer.complete(&row("a", 10_000)).unwrap();
+        Writer::apply(&writer, &Op::Complete(row("a", 10_000))).unwrap();
         conn.execute_batch("ROLLBACK").unwrap();
         writer.rolled_back();
         conn.execute_batch("BEGIN").unwrap();
-        writer.complete(&row("b", 10_000)).unwrap();
+        // Through the batch path, as the writer thread runs it.
+        let ops = [Op::Complete(row("b", 10_000))];
+        group_commit::Work::apply_all(&writer, ops.iter()).unwrap();
         conn.execute_batch("COMMIT").unwrap();
         assert_eq!(
             answers(conn),
@@ -1272,13 +1312,15 @@ mod writer_tests {
         // Known and stored long enough: the second completion adds only its own row.
         conn.execute_batch("DELETE FROM replay_answers").unwrap();
         conn.execute_batch("BEGIN").unwrap();
-        writer.complete(&row("c", 10_000)).unwrap();
+        Writer::apply(&writer, &Op::Complete(row("c", 10_000))).unwrap();
         conn.execute_batch("COMMIT").unwrap();
         assert_eq!(answers(conn), 0, "a known answer costs no statement");
         // Needed past what is known: written again.
-        writer
-            .complete(&row("d", 10_000 + ANSWER_SLACK_MS + 1))
-            .unwrap();
+        Writer::apply(
+            &writer,
+            &Op::Complete(row("d", 10_000 + ANSWER_SLACK_MS + 1)),
+        )
+        .unwrap();
         assert_eq!(answers(conn), 1);
     }
 }
