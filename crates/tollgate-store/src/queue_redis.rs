@@ -64,7 +64,7 @@ use tokio::sync::OnceCell;
 use crate::clock::{deadline, duration_ms};
 use crate::queue::{
     received_cutoff, Enqueued, EventQueue, EventStatus, LeaseToken, Leased, ListFilter, QueueEntry,
-    QueueStats, QueuedEvent, RouteStats, Settled,
+    QueueStats, QueuedEvent, RouteStats, Settled, Settlement,
 };
 use crate::redis::{bounded, RedisError, RedisOptions};
 use crate::redis_client::{Client, Connection, Lua, LuaCall, RedisTarget};
@@ -805,6 +805,23 @@ impl EventQueue for RedisQueue {
 
     async fn dead_letter(&self, lease: &Leased, error: &str) -> Result<Settled, StoreError> {
         self.settle(lease, "dead", 0, error).await
+    }
+
+    /// All at once rather than one round trip after another: the connection is multiplexed, so
+    /// the scripts go out back to back and Redis runs them in the order sent (on a cluster, each
+    /// on its route's node; the events of one batch are distinct, so their order across nodes
+    /// does not matter). Settled one by one, delivery on Redis fell seconds behind the
+    /// acknowledgements under load.
+    async fn settle_many(
+        &self,
+        batch: &[(Leased, Settlement)],
+    ) -> Vec<Result<Settled, StoreError>> {
+        futures_util::future::join_all(batch.iter().map(|(lease, to)| match to {
+            Settlement::Delivered => self.settle(lease, "ack", 0, ""),
+            Settlement::Retry { at_ms, error } => self.settle(lease, "retry", *at_ms, error),
+            Settlement::Dead { error } => self.settle(lease, "dead", 0, error),
+        }))
+        .await
     }
 
     async fn list(&self, filter: &ListFilter, limit: usize) -> Result<Vec<QueueEntry>, StoreError> {
