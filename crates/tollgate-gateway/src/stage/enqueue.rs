@@ -55,7 +55,7 @@ pub fn event(route: &Route, verified: &Verified, inc: &Incoming<'_>) -> QueuedEv
             .as_bytes()
             .to_vec(),
     ));
-    // What `strip_hop_by_hop` keeps, read in place rather than from a filtered copy of the map.
+    // What `strip_in_place` keeps, read in place rather than from a filtered copy of the map.
     let named = connection_named(received);
     headers.extend(
         received

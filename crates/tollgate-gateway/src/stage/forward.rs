@@ -255,15 +255,9 @@ pub const DROP: &[&str] = &[
     "tollgate-replayed",
 ];
 
-/// Removes hop-by-hop headers, including those the Connection header names.
-pub fn strip_hop_by_hop(headers: &HeaderMap, extra: &[&str]) -> HeaderMap {
-    let mut out = headers.clone();
-    strip_in_place(&mut out, extra);
-    out
-}
-
-/// [`strip_hop_by_hop`] on a map the caller owns: a handful of removals instead of a new map
-/// (the order of the remaining fields may change; their values and their order per name do not).
+/// Removes, in place, the headers named in `extra` (such as [`DROP`]) and those the Connection
+/// header lists (the order of the remaining fields may change; their values and their order per
+/// name do not).
 ///
 /// One pass over the names present (a webhook carries about ten) finds the few to remove; asking
 /// the map for each listed name instead parsed and hashed all seventeen of them on every request,
