@@ -353,6 +353,18 @@ fn redis_toml(state: &str) -> String {
     route_toml("").replace("backend = \"memory\"", state)
 }
 
+/// The `[state]` settings of a route config whose state section is `state`, which must load
+/// as Redis.
+fn redis_state(state: &str, e: &HashMap<String, String>) -> RedisState {
+    match load(&redis_toml(state), e)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .state
+    {
+        StateBackend::Redis(redis) => redis,
+        other => panic!("not redis: {other:?}"),
+    }
+}
+
 #[test]
 fn redis_backend_reads_its_url_from_the_environment() {
     let e = env(&[
@@ -379,14 +391,10 @@ fn redis_backend_reads_its_url_from_the_environment() {
 
 #[test]
 fn redis_inline_url_without_password_is_fine_with_one_is_refused() {
-    let cfg = load(
-        &redis_toml("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379/\"\nkey_prefix = \"a:\""),
+    let redis = redis_state(
+        "backend = \"redis\"\nurl = \"redis://127.0.0.1:6379/\"\nkey_prefix = \"a:\"",
         &demo_env(),
-    )
-    .unwrap();
-    let StateBackend::Redis(redis) = &cfg.state else {
-        panic!("not redis");
-    };
+    );
     assert_eq!(redis.url.expose(), "redis://127.0.0.1:6379/");
     assert_eq!(redis.key_prefix, "a:");
 
@@ -518,14 +526,10 @@ fn redis_tls_and_cluster_keys_are_read() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("rediss://app:***@10.0.0.1:7000"), "{shown}");
     // TLS without a private CA trusts the system's roots; one node is the default.
-    let cfg = load(
-        &redis_toml("backend = \"redis\"\nurl = \"rediss://10.0.0.1:6380/3\""),
+    let redis = redis_state(
+        "backend = \"redis\"\nurl = \"rediss://10.0.0.1:6380/3\"",
         &demo_env(),
-    )
-    .unwrap();
-    let StateBackend::Redis(redis) = &cfg.state else {
-        panic!("not redis");
-    };
+    );
     assert!(!redis.cluster && redis.cluster_nodes.is_empty());
     assert_eq!(redis.tls, RedisTlsFiles::default());
 }

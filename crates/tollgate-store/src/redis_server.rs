@@ -388,6 +388,33 @@ impl Drop for RedisServer {
     }
 }
 
+/// Which private Redis [`private_target`] starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Private {
+    /// One redis-server over TLS, trusted through a fresh test CA (no client certificate asked).
+    Tls,
+    /// A three-primary Redis Cluster.
+    Cluster,
+}
+
+/// Starts a private Redis of `kind` and gives a client target for it, plus what must stay alive
+/// while the target is used (the servers, and the certificates a TLS server reads).
+pub fn private_target(
+    kind: Private,
+) -> Result<(crate::RedisTarget, Box<dyn std::any::Any + Send + Sync>), ServerError> {
+    Ok(match kind {
+        Private::Tls => {
+            let pki = TestPki::generate()?;
+            let server = RedisServer::start_tls(&pki, false)?;
+            (server.tls_target(&pki, false)?, Box::new((server, pki)))
+        }
+        Private::Cluster => {
+            let cluster = RedisCluster::start()?;
+            (cluster.target()?, Box::new(cluster))
+        }
+    })
+}
+
 /// Store options for tests that do not test timeouts: 5 s per connection attempt, reply and
 /// operation instead of 0.5/0.8/1 s, so a TLS handshake or a cluster's slot discovery on a
 /// loaded machine does not fail a test about something else.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tollgate_store::queue_conformance::QueueSubject;
-use tollgate_store::redis_server::{patient_options, RedisCluster, RedisServer, TestPki};
+use tollgate_store::redis_server::{patient_options, private_target, Private, RedisServer};
 use tollgate_store::{
     Durability, ManualClock, MemoryQueue, QueueOptions, RedisOptions, RedisQueue, SqliteQueue,
 };
@@ -40,28 +40,23 @@ async fn redis(clock: Arc<ManualClock>) -> QueueSubject {
     QueueSubject::new(queue).keep_alive(server)
 }
 
-/// Over TLS (`rediss://`), trusting the private CA that signed the server's certificate.
-async fn redis_tls(clock: Arc<ManualClock>) -> QueueSubject {
-    let pki = TestPki::generate().unwrap_or_else(|e| panic!("{e}"));
-    let server = RedisServer::start_tls(&pki, false).unwrap_or_else(|e| panic!("{e}"));
-    let target = server
-        .tls_target(&pki, false)
-        .unwrap_or_else(|e| panic!("{e}"));
+/// A private TLS server or cluster (each case its own, so cases cannot see each other's keys).
+async fn redis_private(kind: Private, clock: Arc<ManualClock>) -> QueueSubject {
+    let (target, keep) = private_target(kind).unwrap_or_else(|e| panic!("{e}"));
     let queue = RedisQueue::connect_to(&target, patient_options(clock))
         .await
-        .unwrap_or_else(|e| panic!("connect to the private TLS redis-server: {e}"));
-    QueueSubject::new(queue).keep_alive((server, pki))
+        .unwrap_or_else(|e| panic!("connect to the private {kind:?} Redis: {e}"));
+    QueueSubject::new(queue).keep_alive(keep)
 }
 
-/// Each case gets its own private three-primary Redis Cluster, so routes, event ids and the
-/// queue's metadata land on different nodes.
+/// Over TLS (`rediss://`), trusting the private CA that signed the server's certificate.
+async fn redis_tls(clock: Arc<ManualClock>) -> QueueSubject {
+    redis_private(Private::Tls, clock).await
+}
+
+/// A three-primary Redis Cluster, so keys land on every node.
 async fn redis_cluster(clock: Arc<ManualClock>) -> QueueSubject {
-    let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
-    let target = cluster.target().unwrap_or_else(|e| panic!("{e}"));
-    let queue = RedisQueue::connect_to(&target, patient_options(clock))
-        .await
-        .unwrap_or_else(|e| panic!("connect to the private cluster: {e}"));
-    QueueSubject::new(queue).keep_alive(cluster)
+    redis_private(Private::Cluster, clock).await
 }
 
 tollgate_store::queue_conformance_suite!(memory_queue, memory);
